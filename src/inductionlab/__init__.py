@@ -1,0 +1,7 @@
+"""inductionlab: train small transformers and watch induction heads form."""
+
+from .config import Config, ConfigError, load_config
+from .models import Transformer, build_model
+
+__version__ = "0.1.0"
+__all__ = ["Config", "ConfigError", "load_config", "Transformer", "build_model", "__version__"]

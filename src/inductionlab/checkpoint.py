@@ -1,0 +1,61 @@
+"""Checkpoints: weights in safetensors, metadata (config, step, RNG/optimizer state) beside it.
+
+``step_000123.safetensors`` holds the model weights (no pickle); ``step_000123.json`` holds the
+config and step; ``step_000123.state.pt`` holds optimizer and generator state, loaded with
+``weights_only=True``. Files are written to a temporary name and renamed, so a killed run never
+leaves a half-written checkpoint under a real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic(Path(path), lambda p: Path(p).write_text(text))
+
+
+def save_checkpoint(run_dir: Path, step: int, model, meta: dict[str, Any], state: dict[str, Any] | None = None) -> Path:
+    ckdir = Path(run_dir) / "checkpoints"
+    ckdir.mkdir(parents=True, exist_ok=True)
+    stem = ckdir / f"step_{step:06d}"
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic(stem.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
+    if state is not None:
+        _atomic(Path(f"{stem}.state.pt"), lambda p: torch.save(state, p))
+    _atomic(stem.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps({"step": step, **meta}, indent=1)))
+    return stem.with_suffix(".safetensors")
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((Path(run_dir) / "checkpoints").glob("step_*.safetensors"))
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(Path(path).stem.split("_")[1])
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None

@@ -1,0 +1,126 @@
+"""Command line: thin wrappers over the library. Bad input -> one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config, preset_names, resolve_source
+
+
+class CLIError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage too; keep it to one line)
+        sys.stderr.write(f"inductionlab: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _fmt_heads(scores: dict[str, list[float]]) -> list[str]:
+    lines = []
+    for layer, vals in scores.items():
+        lines.append(f"  L{layer}: " + "  ".join(f"H{h}={v:.2f}" for h, v in enumerate(vals)))
+    return lines
+
+
+def cmd_presets(args) -> int:
+    for name in preset_names():
+        raw = resolve_source(name)
+        desc = raw.get("description", "") if isinstance(raw, dict) else ""
+        print(f"{name:28s} {desc}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .causality import CausalityError
+    from .train import RunError, train
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else None
+    try:
+        summary = train(cfg, out, progress=False if args.quiet else None)
+    except CausalityError as exc:
+        raise CLIError(f"refusing to train: {exc}") from None
+    except RunError as exc:
+        raise CLIError(str(exc)) from None
+    print(_summary_text(summary))
+    return 0
+
+
+def _summary_text(s: dict) -> str:
+    lines = [f"run: {s['run_dir']}", f"steps: {s['steps']}  seconds: {s['seconds']}"]
+    for key in ("induction_accuracy", "induction_loss", "val_loss", "val_accuracy", "icl_score"):
+        if key in s:
+            lines.append(f"{key}: {s[key]:.4f}")
+    for key, label in (("best_previous_token_head", "previous-token head"), ("best_induction_head", "induction head")):
+        if key in s:
+            h = s[key]
+            lines.append(f"best {label}: {h['name']} score {h['score']:.3f}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import EvalError, evaluate_run
+
+    try:
+        result = evaluate_run(Path(args.run_dir), checkpoints=args.checkpoints)
+    except EvalError as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    for rec in result["checkpoints"]:
+        print(f"step {rec['step']}: induction_accuracy {rec['induction_accuracy']:.4f}  "
+              f"induction_loss {rec['induction_loss']:.4f}")
+        print(" previous-token score per head:")
+        print("\n".join(_fmt_heads(rec["previous_token"])))
+        print(" prefix-matching score per head:")
+        print("\n".join(_fmt_heads(rec["prefix_matching"])))
+        print(f" best previous-token head: {rec['best_previous_token_head']['name']} "
+              f"({rec['best_previous_token_head']['score']:.3f}); best induction head: "
+              f"{rec['best_induction_head']['name']} ({rec['best_induction_head']['score']:.3f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="inductionlab", description="Train small transformers and watch induction heads form.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    tr = sub.add_parser("train", help="train a preset or a TOML config")
+    tr.add_argument("config", help="preset name (see `inductionlab presets`) or path to a .toml file")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set train.lr=3e-3 (repeatable)")
+    tr.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train)
+    ev = sub.add_parser("eval", help="evaluate a run directory: per-head scores and induction accuracy")
+    ev.add_argument("run_dir")
+    ev.add_argument("--checkpoints", default="last", help="'last' (default) or 'all'")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.set_defaults(func=cmd_eval)
+    pr = sub.add_parser("presets", help="list the built-in recipes")
+    pr.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ConfigError, CLIError) as exc:
+        sys.stderr.write(f"inductionlab: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("inductionlab: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

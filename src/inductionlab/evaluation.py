@@ -1,0 +1,77 @@
+"""Evaluate saved runs: rebuild the model from ``config.toml``, load checkpoints, score them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, checkpoint_step, list_checkpoints, load_weights
+from .config import Config, ConfigError, load_config
+from .models import Transformer, build_model
+
+
+class EvalError(RuntimeError):
+    pass
+
+
+def load_run_config(run_dir: Path) -> Config:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EvalError(f"{run_dir} is not a run directory (no such directory)")
+    path = run_dir / "config.toml"
+    if not path.exists():
+        raise EvalError(f"{run_dir} is not a run directory (no config.toml)")
+    try:
+        return load_config(str(path))
+    except ConfigError as exc:
+        raise EvalError(f"{path}: {exc}") from None
+
+
+def load_model(cfg: Config, checkpoint: Path, device: str | torch.device = "cpu") -> Transformer:
+    model = build_model(cfg.model)
+    weights = load_weights(checkpoint)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {checkpoint} does not match the run's config: {first}") from None
+    return model.to(device).eval()
+
+
+def load_run(run_dir: Path, step: int | None = None, device: str = "cpu") -> tuple[Config, Transformer]:
+    """Config and model of a run, at its last checkpoint or at ``step``."""
+    cfg = load_run_config(run_dir)
+    cks = list_checkpoints(run_dir)
+    if step is not None:
+        cks = [c for c in cks if checkpoint_step(c) == step]
+    if not cks:
+        raise EvalError(f"{run_dir} has no checkpoint{'' if step is None else f' at step {step}'}")
+    try:
+        return cfg, load_model(cfg, cks[-1], device)
+    except CheckpointError as exc:
+        raise EvalError(str(exc)) from None
+
+
+def evaluate_run(run_dir: Path, checkpoints: str = "last", device: str = "cpu") -> dict[str, Any]:
+    from .train import make_task
+
+    if checkpoints not in ("last", "all"):
+        raise EvalError(f"--checkpoints must be 'last' or 'all', got '{checkpoints}'")
+    cfg = load_run_config(run_dir)
+    cks = list_checkpoints(run_dir)
+    if not cks:
+        raise EvalError(f"{run_dir} has no checkpoints")
+    if checkpoints == "last":
+        cks = cks[-1:]
+    task = make_task(cfg, torch.device(device))
+    out = []
+    for ck in cks:
+        try:
+            model = load_model(cfg, ck, device)
+        except CheckpointError as exc:
+            raise EvalError(str(exc)) from None
+        rec = {"step": checkpoint_step(ck), **task.evaluate(model)}
+        out.append(rec)
+    return {"run_dir": str(run_dir), "checkpoints": out}
