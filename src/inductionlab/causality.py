@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from .errors import UserError
+
 import torch
 
 
-class CausalityError(RuntimeError):
+class CausalityError(UserError, RuntimeError):
     """The model lets later tokens influence earlier predictions (it leaks the future)."""
 
 

@@ -8,6 +8,8 @@ leaves a half-written checkpoint under a real name.
 
 from __future__ import annotations
 
+from .errors import UserError
+
 import json
 import os
 from pathlib import Path
@@ -18,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     pass
 
 

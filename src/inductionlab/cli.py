@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config, preset_names, resolve_source
+from .config import load_config, preset_names, resolve_source
+from .errors import UserError
 
 
 class CLIError(Exception):
@@ -37,7 +38,7 @@ def cmd_presets(args) -> int:
 
 def cmd_train(args) -> int:
     from .causality import CausalityError
-    from .train import RunError, train
+    from .train import train
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else None
@@ -45,8 +46,6 @@ def cmd_train(args) -> int:
         summary = train(cfg, out, progress=False if args.quiet else None)
     except CausalityError as exc:
         raise CLIError(f"refusing to train: {exc}") from None
-    except RunError as exc:
-        raise CLIError(str(exc)) from None
     print(_summary_text(summary))
     return 0
 
@@ -64,12 +63,9 @@ def _summary_text(s: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import EvalError, evaluate_run
+    from .evaluation import evaluate_run
 
-    try:
-        result = evaluate_run(Path(args.run_dir), checkpoints=args.checkpoints)
-    except EvalError as exc:
-        raise CLIError(str(exc)) from None
+    result = evaluate_run(Path(args.run_dir), checkpoints=args.checkpoints)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -83,6 +79,30 @@ def cmd_eval(args) -> int:
         print(f" best previous-token head: {rec['best_previous_token_head']['name']} "
               f"({rec['best_previous_token_head']['score']:.3f}); best induction head: "
               f"{rec['best_induction_head']['name']} ({rec['best_induction_head']['score']:.3f})")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_runs, format_table
+
+    print(format_table(compare_runs([Path(r) for r in args.run_dirs])))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report([Path(r) for r in args.run_dirs], Path(args.output) if args.output else None,
+                        png_dir=Path(args.png) if args.png else None)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_animate(args) -> int:
+    from .report.animate import write_gif
+
+    path = write_gif(Path(args.run_dir), Path(args.output) if args.output else None)
+    print(f"animation: {path}")
     return 0
 
 
@@ -101,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoints", default="last", help="'last' (default) or 'all'")
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.set_defaults(func=cmd_eval)
+    cp = sub.add_parser("compare", help="compare finished runs side by side")
+    cp.add_argument("run_dirs", nargs="+")
+    cp.set_defaults(func=cmd_compare)
+    rp = sub.add_parser("report", help="write a self-contained offline HTML report of one or more runs")
+    rp.add_argument("run_dirs", nargs="+")
+    rp.add_argument("-o", "--output", help="HTML file (default RUN_DIR/report.html of the first run)")
+    rp.add_argument("--png", help="also write every figure as a PNG into this directory")
+    rp.set_defaults(func=cmd_report)
+    an = sub.add_parser("animate", help="GIF of the attention grid across checkpoints")
+    an.add_argument("run_dir")
+    an.add_argument("-o", "--output", help="GIF file (default RUN_DIR/attention.gif)")
+    an.set_defaults(func=cmd_animate)
     pr = sub.add_parser("presets", help="list the built-in recipes")
     pr.set_defaults(func=cmd_presets)
     return p
@@ -114,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ConfigError, CLIError) as exc:
+    except (UserError, CLIError) as exc:
         sys.stderr.write(f"inductionlab: error: {exc}\n")
         return 2
     except KeyboardInterrupt:

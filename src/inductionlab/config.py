@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """Bad configuration: the message is one line meant for the user."""
 
 
@@ -100,8 +102,11 @@ class TrainConfig:
     #: which positions the training loss covers: all, or only those a perfect induction
     #: circuit can predict (targets that already occurred one period earlier)
     loss_on: str = "all"
-    #: keep a checkpoint at every evaluation (True) or only the final one
-    checkpoint_evals: bool = False
+    #: which evaluations also run the full measurement suite (metrics/suite.py) and keep a
+    #: checkpoint: "log" (log-spaced over the run, plus the last), "all" or "final"
+    full_metrics: str = "log"
+    #: number of log-spaced full evaluations when ``full_metrics = "log"``
+    full_evals: int = 8
     device: str = "cpu"
     amp: str = "none"  # none | bf16 | fp16 (CUDA only)
     threads: int = 0  # torch CPU threads; 0 = leave as is
@@ -284,6 +289,8 @@ def validate(cfg: Config) -> None:
     _check(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
     _check(t.log_evals >= 0, "train.log_evals must be >= 0")
     _check(0 <= t.target_accuracy <= 1, "train.target_accuracy must be in [0, 1]")
+    _check(t.full_metrics in ("log", "all", "final"), f"train.full_metrics must be log, all or final, got '{t.full_metrics}'")
+    _check(t.full_evals >= 1, "train.full_evals must be >= 1")
     _check(t.loss_on in LOSS_ON, f"train.loss_on must be one of {', '.join(LOSS_ON)}")
     _check(t.amp in ("none", "bf16", "fp16"), f"train.amp must be none, bf16 or fp16, got '{t.amp}'")
     _check(t.threads >= 0 and t.grad_accum >= 1, "train.threads must be >= 0 and train.grad_accum >= 1")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import UserError
+
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from .config import Config, ConfigError, load_config
 from .models import Transformer, build_model
 
 
-class EvalError(RuntimeError):
+class EvalError(UserError):
     pass
 
 
@@ -72,6 +74,6 @@ def evaluate_run(run_dir: Path, checkpoints: str = "last", device: str = "cpu") 
             model = load_model(cfg, ck, device)
         except CheckpointError as exc:
             raise EvalError(str(exc)) from None
-        rec = {"step": checkpoint_step(ck), **task.evaluate(model)}
+        rec = {"step": checkpoint_step(ck), **task.evaluate(model), **task.analyze(model)}
         out.append(rec)
     return {"run_dir": str(run_dir), "checkpoints": out}

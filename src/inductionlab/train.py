@@ -8,6 +8,8 @@ loop never reads a loss back to the host between evaluation points.
 
 from __future__ import annotations
 
+from .errors import UserError
+
 import json
 import math
 import time
@@ -23,10 +25,11 @@ from .checkpoint import atomic_write_text, save_checkpoint
 from .config import Config, dump_toml
 from .data.synthetic import RepeatedTokens
 from .metrics.evaluate import evaluate_repeat
+from .metrics.suite import analyze_repeat
 from .models import Transformer, build_model
 
 
-class RunError(RuntimeError):
+class RunError(UserError):
     """A run cannot start or continue; the message is one line for the user."""
 
 
@@ -37,6 +40,7 @@ class Task(Protocol):
 
     def train_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]: ...
     def evaluate(self, model: Transformer) -> dict[str, Any]: ...
+    def analyze(self, model: Transformer) -> dict[str, Any]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
 
@@ -51,6 +55,7 @@ class RepeatTask:
 
     def __init__(self, cfg: Config, device: torch.device):
         m, d, t = cfg.model, cfg.data, cfg.train
+        self.cfg = cfg
         self.bos = d.bos
         self.loss_on = t.loss_on
         self.data = RepeatedTokens(m.vocab_size, m.n_ctx, d.period_min, d.period_max, d.bos,
@@ -65,6 +70,10 @@ class RepeatTask:
 
     def evaluate(self, model: Transformer) -> dict[str, Any]:
         return evaluate_repeat(model, self.eval_batches, self.bos)
+
+    def analyze(self, model: Transformer) -> dict[str, Any]:
+        """The full measurement suite (slower; run at log-spaced evaluations)."""
+        return analyze_repeat(model, self.cfg, self.eval_batches)
 
     def state_dict(self) -> dict:
         return self.data.state_dict()
@@ -134,6 +143,22 @@ def eval_steps(cfg: Config) -> list[int]:
     return sorted(s for s in steps if 1 <= s <= t.steps)
 
 
+def full_metric_steps(cfg: Config) -> set[int]:
+    """Evaluation steps that also run the full suite and keep a checkpoint (the last step always)."""
+    t = cfg.train
+    evals = eval_steps(cfg)
+    if t.full_metrics == "all":
+        return set(evals)
+    chosen = {t.steps}
+    if t.full_metrics == "log":
+        regular = [s for s in evals if s >= min(t.eval_every, t.steps)]
+        lo, hi = regular[0], regular[-1]
+        for i in range(t.full_evals):
+            want = lo * (hi / lo) ** (i / max(1, t.full_evals - 1))
+            chosen.add(min(regular, key=lambda s: abs(math.log(s) - math.log(want))))
+    return chosen
+
+
 def training_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     lg = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
     tgt = tokens[:, 1:].reshape(-1)
@@ -190,6 +215,7 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None,
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else nullcontext
 
     evals = set(eval_steps(cfg))
+    full_steps = full_metric_steps(cfg)
     meta = {"config": cfg.to_dict(), "n_params": model.num_params(), "layers": model.layer_kinds}
     show = t.progress if progress is None else progress
     bar = None
@@ -237,15 +263,21 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None,
                 eval_seconds += time.perf_counter() - e0
                 last = {"step": step, "seconds": round(time.perf_counter() - start, 3),
                         "lr": sched.get_last_lr()[0], "train_loss": round(train_loss, 5), **ev}
+                stop = bool(t.target_accuracy and task.headline == "induction_accuracy"
+                            and ev["induction_accuracy"] >= t.target_accuracy)
+                if step in full_steps or stop:
+                    a0 = time.perf_counter()
+                    last.update(task.analyze(model))
+                    eval_seconds += time.perf_counter() - a0
+                    last["full"] = True
+                    if step != t.steps and not stop:
+                        save_checkpoint(run_dir, step, model, meta)
                 log_fh.write(json.dumps(last) + "\n")
                 log_fh.flush()
-                if t.checkpoint_evals and step != t.steps:
-                    save_checkpoint(run_dir, step, model, meta)
                 if bar is not None:
                     post = {"loss": f"{train_loss:.3f}", task.headline[:9]: f"{ev[task.headline]:.3f}"}
                     bar.set_postfix(post, refresh=False)
-                if t.target_accuracy and task.headline == "induction_accuracy" \
-                        and ev["induction_accuracy"] >= t.target_accuracy:
+                if stop:
                     reached_at = step
                     break
     finally:
@@ -262,6 +294,7 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None,
         "seconds": round(seconds, 3),
         "eval_seconds": round(eval_seconds, 3),
         "n_params": model.num_params(),
+        "tokens_seen": step * t.grad_accum * t.batch_size * cfg.model.n_ctx,
         "device": str(device),
         "reached_target_at": reached_at,
         **{k: v for k, v in last.items() if k not in ("step", "seconds", "loss_by_position")},

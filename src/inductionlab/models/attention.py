@@ -99,8 +99,11 @@ class Attention(nn.Module):
             k_prev = torch.cat([k[:, :1], k[:, :-1]], dim=1)  # k_{j-1}; position 0 keeps its own key
             k = s * k + (1 - s) * k_prev
         if self.rotary:
-            q = apply_rotary(q, self.rot_cos, self.rot_sin)
-            k = apply_rotary(k, self.rot_cos, self.rot_sin)
+            cos, sin = self.rot_cos, self.rot_sin
+            if q.shape[1] > cos.shape[0]:  # longer than trained: rotary extrapolates
+                cos, sin = (t.to(q.device) for t in rotary_tables(q.shape[1], self.d_head))
+            q = apply_rotary(q, cos, sin)
+            k = apply_rotary(k, cos, sin)
         q = run(ctx, f"{n}.hook_q", q)
         k = run(ctx, f"{n}.hook_k", k)
         v = run(ctx, f"{n}.hook_v", v)

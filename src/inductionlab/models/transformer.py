@@ -109,8 +109,9 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, ctx: HookContext | None = None) -> torch.Tensor:
         """tokens ``[batch, pos]`` -> logits ``[batch, pos, d_vocab]``."""
         t = tokens.shape[1]
-        if t > self.cfg.n_ctx:
-            raise ValueError(f"sequence length {t} exceeds the model context n_ctx={self.cfg.n_ctx}")
+        if t > self.cfg.n_ctx and self.W_pos is not None:
+            raise ValueError(f"sequence length {t} exceeds the model context n_ctx={self.cfg.n_ctx} "
+                             f"({self.cfg.positions} positions cannot extrapolate)")
         x = run(ctx, "hook_embed", self.W_E[tokens])
         pos = None
         if self.W_pos is not None:
