@@ -36,17 +36,67 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"1,3,5"`` -> [1, 3, 5]."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-", 1)
+                lo_i, hi_i = int(lo), int(hi)
+                if hi_i < lo_i:
+                    raise ValueError
+                seeds.extend(range(lo_i, hi_i + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise CLIError(f"--seeds expects a range like 0-4 or a list like 0,2,5, got '{text}'") from None
+    if len(set(seeds)) != len(seeds) or any(x < 0 for x in seeds):
+        raise CLIError(f"--seeds must list distinct non-negative seeds, got '{text}'")
+    return seeds
+
+
+def _write_report(run_dirs: list[Path], out: Path) -> None:
+    try:
+        from .report import write_report
+    except ImportError as exc:  # plotting extras not installed
+        sys.stderr.write(f"inductionlab: no report written ({exc})\n")
+        return
+    print(f"report: {write_report(run_dirs, out)}")
+
+
 def cmd_train(args) -> int:
     from .causality import CausalityError
-    from .train import train
+    from .train import default_run_dir, train
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else None
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    out = Path(args.out) if args.out else default_run_dir(cfg)
+    progress = False if args.quiet else None
     try:
-        summary = train(cfg, out, progress=False if args.quiet else None)
+        if seeds is None:
+            summary = train(cfg, out, progress=progress)
+            print(_summary_text(summary))
+            if not args.no_report:
+                _write_report([out], out / "report.html")
+            return 0
+        run_dirs = []
+        for seed in seeds:
+            seed_cfg = load_config(args.config, [*args.set, f"train.seed={seed}"])
+            run_dir = out / f"seed_{seed}"
+            print(f"== seed {seed} -> {run_dir}")
+            print(_summary_text(train(seed_cfg, run_dir, progress=progress)))
+            run_dirs.append(run_dir)
     except CausalityError as exc:
         raise CLIError(f"refusing to train: {exc}") from None
-    print(_summary_text(summary))
+    from .metrics.seeds import format_seed_summary, summarize_seeds
+    from .checkpoint import atomic_write_text
+
+    summary = summarize_seeds(run_dirs)
+    atomic_write_text(out / "seeds_summary.json", json.dumps(summary, indent=1) + "\n")
+    print(format_seed_summary(summary))
+    if not args.no_report:
+        _write_report(run_dirs, out / "report.html")
     return 0
 
 
@@ -70,8 +120,12 @@ def cmd_eval(args) -> int:
         print(json.dumps(result, indent=1))
         return 0
     for rec in result["checkpoints"]:
-        print(f"step {rec['step']}: induction_accuracy {rec['induction_accuracy']:.4f}  "
-              f"induction_loss {rec['induction_loss']:.4f}")
+        if "induction_accuracy" in rec:
+            print(f"step {rec['step']}: induction_accuracy {rec['induction_accuracy']:.4f}  "
+                  f"induction_loss {rec['induction_loss']:.4f}")
+        else:
+            print(f"step {rec['step']}: val_loss {rec['val_loss']:.4f}  val_accuracy {rec['val_accuracy']:.4f}"
+                  + (f"  icl_score {rec['icl_score']:.4f}" if "icl_score" in rec else ""))
         print(" previous-token score per head:")
         print("\n".join(_fmt_heads(rec["previous_token"])))
         print(" prefix-matching score per head:")
@@ -115,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a config value, e.g. --set train.lr=3e-3 (repeatable)")
     tr.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--seeds", help="train several seeds, e.g. 0-4 or 0,2,5, into OUT/seed_K and summarise")
+    tr.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     tr.set_defaults(func=cmd_train)
     ev = sub.add_parser("eval", help="evaluate a run directory: per-head scores and induction accuracy")
     ev.add_argument("run_dir")

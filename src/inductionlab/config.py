@@ -80,6 +80,9 @@ class DataConfig:
     tokenizer: str = "gpt2"
     bpe_vocab: int = 4096
     max_eval_tokens: int = 0
+    #: where tokenised corpora and trained tokenizers are cached ("" -> $INDUCTIONLAB_CACHE or
+    #: ~/.cache/inductionlab)
+    cache_dir: str = ""
 
 
 @dataclass
@@ -274,6 +277,12 @@ def validate(cfg: Config) -> None:
                f"least once in model.n_ctx={m.n_ctx} tokens{' after BOS' if d.bos else ''} (max {usable // 2})")
         needed = m.vocab_size - (1 if d.bos else 0)
         _check(needed >= 2, "model.vocab_size too small for random tokens")
+    if d.kind == "text":
+        _check(bool(d.corpus), "data.corpus must name a corpus (wikitext-2, wikitext-2-raw) or a path to .txt data")
+        _check(bool(d.tokenizer), "data.tokenizer must be 'gpt2', 'bpe' or a path to a tokenizer.json")
+        _check(d.bpe_vocab >= 260, f"data.bpe_vocab must be >= 260 (256 bytes + special tokens), got {d.bpe_vocab}")
+        _check(d.max_eval_tokens == 0 or d.max_eval_tokens >= m.n_ctx,
+               f"data.max_eval_tokens must be 0 (default bound) or >= model.n_ctx ({m.n_ctx}), got {d.max_eval_tokens}")
     _check(d.period_mode in PERIOD_MODES, f"data.period_mode must be one of {', '.join(PERIOD_MODES)}")
     _check(d.eval_sequences >= 1, "data.eval_sequences must be >= 1")
 

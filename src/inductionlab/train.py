@@ -201,6 +201,10 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None,
     device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
+    if cfg.data.kind == "text":  # the model's vocabulary is the tokenizer's (fills the token cache)
+        from .data.text import resolve_text_vocab
+
+        resolve_text_vocab(cfg)
     model = init_model(cfg, device)
     check_causal(model, cfg.model.vocab_size, cfg.model.n_ctx, device=device)  # CausalityError
     run_dir = prepare_run_dir(out if out is not None else default_run_dir(cfg))

@@ -1,11 +1,111 @@
-"""The full measurement suite run at log-spaced evaluations (see docs/metrics.md)."""
+"""The full measurement suite run at log-spaced evaluations (see docs/metrics.md).
+
+``analyze_repeat`` returns a JSON-serialisable dict; per-layer dicts are keyed by the layer index
+as a string and hold lists indexed by head. Sample sizes are small so one call stays fast
+(tens of milliseconds of compute for the induction-2l model): ``SUITE_SEQUENCES`` held-out
+sequences for the ICL score, ``ABLATION_SEQUENCES`` of them for
+the ablations, ``OOD_SEQUENCES`` per OOD setting, ``COPY_TOKENS`` tokens
+for the copying score.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 
+from .ablation import head_ablation
+from .composition import composition_scores
+from .copying import copying_scores, ov_positivity
+from .icl import icl_indices, icl_score_from_curve
+from .induction import loss_by_position
+from .kernels import conv_kernel_profiles, smear_sigmas
+from .ood import accuracy_by_length, accuracy_by_period, confusing_repeat_accuracy
+
+SUITE_SEQUENCES = 64
+ABLATION_SEQUENCES = 16
+OOD_SEQUENCES = 32
+COPY_TOKENS = 200
+OOD_PERIODS = (5, 10, 15, 20, 25, 30, 35, 40, 50, 60)
+ROUND = 4
+
+
+def _r(x: float) -> float:
+    return round(float(x), ROUND)
+
+
+def _per_layer(d: dict[int, torch.Tensor]) -> dict[str, list[float]]:
+    return {str(layer): [_r(v) for v in t.tolist()] for layer, t in d.items()}
+
+
+def _eval_slice(eval_batches, n: int):
+    toks, masks = [], []
+    left = n
+    for b in eval_batches:
+        if left <= 0:
+            break
+        toks.append(b.tokens[:left])
+        masks.append(b.induction_mask[:left])
+        left -= toks[-1].shape[0]
+    return torch.cat(toks), torch.cat(masks)
+
+
+@torch.no_grad()
 def analyze_repeat(model, cfg, eval_batches) -> dict[str, Any]:
-    """Extra per-head measurements merged into the metrics-log record. Filled in by the
-    measurement-suite work; returns nothing extra yet."""
-    return {}
+    """Copying, OV positivity, ICL score, composition, ablations, conv kernels, smear weights and
+    OOD accuracies (keys documented in docs/metrics.md)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _analyze(model, cfg, eval_batches)
+    finally:
+        if was_training:
+            model.train()
+
+
+def _analyze(model, cfg, eval_batches) -> dict[str, Any]:
+    m, d = cfg.model, cfg.data
+    bos = d.bos
+    tokens, mask = _eval_slice(eval_batches, SUITE_SEQUENCES)
+    early, late = icl_indices(tokens.shape[1])
+    out: dict[str, Any] = {}
+    has_attn = bool(model.attention_layers)
+    if has_attn:
+        out["copying"] = _per_layer(copying_scores(model, COPY_TOKENS, bos=bos))
+        out["ov_positivity"] = _per_layer(ov_positivity(model))
+        clean_icl = icl_score_from_curve(loss_by_position(model(tokens), tokens), early, late)
+        k = ABLATION_SEQUENCES
+        ab = head_ablation(model, tokens[:k], mask[:k], icl=(early, late))
+    else:
+        clean_icl = icl_score_from_curve(loss_by_position(model(tokens), tokens), early, late)
+    out["icl_score"] = _r(clean_icl)
+    out["icl_indices"] = [early, late]
+    if has_attn:
+        comp = composition_scores(model)
+        out["composition"] = {
+            "heads": comp["heads"],
+            **{k: [[None if v is None else _r(v) for v in row] for row in comp[k]] for k in "qkv"},
+            "baseline": {k: _r(v) for k, v in comp["baseline"].items()},
+        }
+        out["ablation"] = {"heads": ab["heads"],
+                           **{kind: {k: [_r(v) for v in vals] for k, vals in ab[kind].items()}
+                              for kind in ("zero", "mean", "pattern_preserving")}}
+    conv = conv_kernel_profiles(model)
+    if conv:
+        out["conv_kernel"] = _per_layer(conv)
+    smear = smear_sigmas(model)
+    if smear:
+        out["smear_sigma"] = _per_layer(smear)
+    per = accuracy_by_period(model, list(OOD_PERIODS), m.vocab_size, m.n_ctx, bos, n=OOD_SEQUENCES)
+    out["ood_period"] = {str(p): _r(a) for p, a in per.items()}
+    lengths, reason = accuracy_by_length(model, [m.n_ctx, 2 * m.n_ctx], m.vocab_size, d.period_min,
+                                         d.period_max, bos, n=OOD_SEQUENCES // 2)
+    out["ood_length"] = {str(t): _r(a) for t, a in lengths.items()}
+    if reason:
+        out["ood_length_skipped"] = reason
+    period = (d.period_min + d.period_max) // 2
+    off = 1 if bos else 0
+    if period >= 3 and 2 * period <= m.n_ctx - off:
+        out["confusing_repeat"] = _r(confusing_repeat_accuracy(model, m.vocab_size, m.n_ctx, period, bos,
+                                                               n=OOD_SEQUENCES))
+    return out

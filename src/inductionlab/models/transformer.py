@@ -112,7 +112,7 @@ class Transformer(nn.Module):
         if t > self.cfg.n_ctx and self.W_pos is not None:
             raise ValueError(f"sequence length {t} exceeds the model context n_ctx={self.cfg.n_ctx} "
                              f"({self.cfg.positions} positions cannot extrapolate)")
-        x = run(ctx, "hook_embed", self.W_E[tokens])
+        x = run(ctx, "hook_embed", torch.nn.functional.embedding(tokens, self.W_E))
         pos = None
         if self.W_pos is not None:
             p = run(ctx, "hook_pos_embed", self.W_pos[:t])

@@ -1,0 +1,16 @@
+"""Reports: a self-contained offline HTML page of one or more runs, PNG figures, and a GIF of the
+attention grid across checkpoints (``animate.write_gif``). Needs matplotlib (the ``report`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["write_report"]
+
+
+def write_report(run_dirs: list[Path], out: Path | None = None, png_dir: Path | None = None) -> Path:
+    """Write the HTML report of ``run_dirs`` side by side to ``out`` (default: the first run's
+    ``report.html``); with ``png_dir`` also every figure as a PNG. Returns the HTML path."""
+    from .html import write_report as _write
+
+    return _write(run_dirs, out, png_dir)

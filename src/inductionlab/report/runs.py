@@ -1,0 +1,186 @@
+"""Everything a report needs from one run directory: config, metrics log, and the attention
+patterns of every checkpoint on one fixed sample sequence."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint import CheckpointError, checkpoint_step, list_checkpoints
+from ..errors import UserError
+from ..evaluation import load_model, load_run_config
+
+SAMPLE_SEED = 4_000_037
+
+
+class ReportError(UserError):
+    pass
+
+
+@dataclass
+class Sample:
+    """One sequence, its token labels and ``{step: {layer: pattern[head, q, k]}}``."""
+
+    kind: str  # "repeat" or "text"
+    title: str
+    tokens: list[int]
+    labels: list[str]
+    patterns: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(self.patterns)
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    name: str
+    cfg: Any
+    records: list[dict]
+    summary: dict
+    samples: list[Sample]
+    notes: list[str]
+
+    @property
+    def full(self) -> list[dict]:
+        """Full-evaluation records (the ones with the extra measurements)."""
+        return [r for r in self.records if r.get("full")]
+
+    def last_with(self, key: str) -> dict | None:
+        for r in reversed(self.records):
+            if r.get(key) is not None:
+                return r
+        return None
+
+    def phase(self) -> dict:
+        try:
+            from ..metrics.phase import phase_from_log
+        except (ImportError, AttributeError):
+            return {}
+        try:
+            out = phase_from_log(self.records)
+        except Exception:  # noqa: BLE001 - a report must not fail on a metric helper
+            return {}
+        return out if isinstance(out, dict) else {}
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise ReportError(f"{run_dir} is not a run directory (no metrics.jsonl)")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == 0:
+                raise ReportError(f"{path}: line {i + 1} is not JSON") from None
+            continue  # a run still writing its last line
+    return out
+
+
+def repeat_sample(cfg) -> Sample:
+    """``[BOS] + r + r + ...``, a little over two repeats of ``period_min`` tokens."""
+    from ..data.synthetic import RepeatedTokens
+
+    m, d = cfg.model, cfg.data
+    off = 1 if d.bos else 0
+    period = int(getattr(d, "period_min", None) or max(2, (m.n_ctx - off) // 3))
+    period = max(1, min(period, (m.n_ctx - off) // 2))
+    length = min(m.n_ctx, off + 2 * period + max(2, period // 2))
+    gen = RepeatedTokens(m.vocab_size, length, period, period, d.bos, "batch", "cpu", seed=SAMPLE_SEED)
+    toks = gen.sample(1).tokens[0].tolist()
+    labels = ["BOS" if (d.bos and i == 0) else str(t) for i, t in enumerate(toks)]
+    return Sample("repeat", f"repeated random tokens (period {period})", toks, labels)
+
+
+def text_sample(cfg) -> tuple[Sample | None, str | None]:
+    """A natural-text sample for text runs, or ``(None, reason)``."""
+    try:
+        from ..train import make_task
+
+        task = make_task(cfg, torch.device("cpu"))
+        get = getattr(task, "sample_text", None)
+        if get is not None:
+            toks = list(get(min(cfg.model.n_ctx, 64)))
+        else:
+            batches = getattr(task, "eval_batches", None) or getattr(task, "val_batches", None)
+            if batches:
+                b = batches[0]
+                t = b if isinstance(b, torch.Tensor) else getattr(b, "tokens", b)
+                toks = t[0].tolist()
+            else:
+                toks = task.train_batch(1)[0][0].tolist()
+        toks = toks[: min(cfg.model.n_ctx, 64)]
+        decode = (getattr(task, "decode_token", None) or getattr(task, "id_to_token", None))
+        tok = getattr(task, "tokenizer", None)
+        if decode is None and tok is not None:
+            decode = getattr(tok, "id_to_token", None) or (lambda i: tok.decode([i]))
+        labels = []
+        for t in toks:
+            try:
+                labels.append(str(decode(t)) if decode else str(t))
+            except Exception:  # noqa: BLE001
+                labels.append(str(t))
+        return Sample("text", "text sample", toks, labels), None
+    except Exception as exc:  # noqa: BLE001 - optional deps / data may be missing
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, f"text sample not shown: could not load text tokens ({msg[:160]})"
+
+
+@torch.no_grad()
+def compute_patterns(cfg, run_dir: Path, samples: list[Sample], max_checkpoints: int = 40) -> list[str]:
+    notes = []
+    cks = list_checkpoints(run_dir)
+    if len(cks) > max_checkpoints:  # keep the first, the last and evenly spaced ones between
+        idx = np.unique(np.linspace(0, len(cks) - 1, max_checkpoints).round().astype(int))
+        notes.append(f"attention shown at {len(idx)} of {len(cks)} checkpoints")
+        cks = [cks[i] for i in idx]
+    for ck in cks:
+        try:
+            model = load_model(cfg, ck, "cpu")
+        except CheckpointError as exc:
+            notes.append(f"skipped checkpoint: {exc}")
+            continue
+        if not model.attention_layers:
+            continue
+        for s in samples:
+            pats = model.patterns(torch.tensor([s.tokens], dtype=torch.long))
+            s.patterns[checkpoint_step(ck)] = {l: p[0].float().numpy() for l, p in pats.items()}
+    return notes
+
+
+def load_run_data(run_dir: Path) -> RunData:
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    records = read_records(run_dir)
+    if not records:
+        raise ReportError(f"{run_dir} has an empty metrics.jsonl (nothing to report yet)")
+    summary = {}
+    if (run_dir / "summary.json").exists():
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except json.JSONDecodeError:
+            summary = {}
+    notes: list[str] = []
+    samples = [repeat_sample(cfg)]
+    if getattr(cfg.data, "kind", "repeat") == "text":
+        s, why = text_sample(cfg)
+        if s is not None:
+            samples.insert(0, s)
+        else:
+            notes.append(why)
+    notes += compute_patterns(cfg, run_dir, samples)
+    if not list_checkpoints(run_dir):
+        notes.append("no checkpoints: attention grids not shown")
+    name = getattr(cfg, "name", None) or run_dir.name
+    return RunData(run_dir, str(name), cfg, records, summary, samples, notes)

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from inductionlab.causality import CausalityError, check_causal
+from inductionlab.config import POSITIONS, ModelConfig, load_config
+from inductionlab.models import ARCHITECTURES, build_model
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_every_architecture_and_position_scheme_is_causal(arch, positions):
+    cfg = ModelConfig(arch=arch, vocab_size=40, d_model=32, n_heads=4, n_ctx=20, positions=positions,
+                      layernorm=True, mlp=True, qkv_conv=3 if arch == "attn-attn" else 0, init_std=0.2)
+    check_causal(build_model(cfg), 40, 20)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_leaky_conv_is_caught(residual):
+    cfg = ModelConfig(arch="conv-attn", vocab_size=40, d_model=32, n_heads=4, n_ctx=20,
+                      conv_padding="same", conv_residual=residual, init_std=0.2)
+    with pytest.raises(CausalityError, match="not causal"):
+        check_causal(build_model(cfg), 40, 20)
+
+
+def test_leaky_primer_qkv_conv_is_caught():
+    cfg = ModelConfig(arch="attn-only-1l", vocab_size=40, d_model=32, n_heads=4, n_ctx=20,
+                      conv_padding="same", qkv_conv=3, init_std=0.2)
+    with pytest.raises(CausalityError):
+        check_causal(build_model(cfg), 40, 20)
+
+
+def test_train_refuses_a_leaky_model(tmp_path):
+    from inductionlab.train import train
+
+    cfg = load_config("induction-conv-attn", ["model.conv_padding=same", "train.steps=5"])
+    with pytest.raises(CausalityError):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
