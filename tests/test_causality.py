@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from inductionlab.causality import CausalityError, check_causal
 from inductionlab.config import POSITIONS, ModelConfig, load_config

@@ -2,8 +2,13 @@
 
 import torch
 
-from inductionlab.metrics import (induction_accuracy, induction_loss, loss_by_position,
-                                  prefix_matching_score, previous_token_score)
+from inductionlab.metrics import (
+    induction_accuracy,
+    induction_loss,
+    loss_by_position,
+    prefix_matching_score,
+    previous_token_score,
+)
 
 T, P = 13, 4  # BOS + 12 content tokens = 3 repeats of period 4
 

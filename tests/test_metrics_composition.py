@@ -3,7 +3,11 @@
 import torch
 
 from inductionlab.config import load_config
-from inductionlab.metrics.composition import composition_scores, composition_score, random_baseline
+from inductionlab.metrics.composition import (
+    composition_score,
+    composition_scores,
+    random_baseline,
+)
 from inductionlab.models import build_model
 
 

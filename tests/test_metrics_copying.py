@@ -2,8 +2,14 @@
 
 import torch
 
-from inductionlab.metrics.copying import (copying_ratio, copying_score, eigenvalue_positivity,
-                                          ov_positivity_heads, rescale_ratio, sample_tokens)
+from inductionlab.metrics.copying import (
+    copying_ratio,
+    copying_score,
+    eigenvalue_positivity,
+    ov_positivity_heads,
+    rescale_ratio,
+    sample_tokens,
+)
 
 
 def test_identity_ov_copies_perfectly_and_negated_anti_copies():

@@ -3,7 +3,11 @@
 import torch
 
 from inductionlab.config import load_config
-from inductionlab.metrics.kernels import conv_kernel_profiles, kernel_profile, smear_sigmas
+from inductionlab.metrics.kernels import (
+    conv_kernel_profiles,
+    kernel_profile,
+    smear_sigmas,
+)
 from inductionlab.models import build_model
 
 

@@ -5,8 +5,12 @@ import torch
 from inductionlab.config import load_config
 from inductionlab.data.synthetic import RepeatedTokens
 from inductionlab.metrics.induction import induction_accuracy
-from inductionlab.metrics.ood import (OOD_SEED, accuracy_by_length, accuracy_by_period,
-                                      confusing_repeat_batch)
+from inductionlab.metrics.ood import (
+    OOD_SEED,
+    accuracy_by_length,
+    accuracy_by_period,
+    confusing_repeat_batch,
+)
 from inductionlab.models import build_model
 
 

@@ -2,7 +2,6 @@
 induction-2l model (``trained_2l`` fixture). Figures measured are recorded in docs/metrics.md."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -77,17 +76,6 @@ def test_induction_head_ov_positivity(analysed):
     assert res["ov_positivity"]["1"][i] >= 0.8
 
 
-@pytest.mark.xfail(reason="all four layer-1 heads of induction-2l are induction heads (prefix matching "
-                          "0.87-0.94): pattern-preserving ablation of the single best one costs only "
-                          "~2% accuracy; see test_pattern_preserving_ablation_of_the_induction_heads",
-                   strict=False)
-def test_single_induction_head_ablation_destroys_accuracy(analysed):
-    _, _, _, ev, res = analysed
-    _, _, _, i = _pair(ev)
-    acc = res["ablation"]["pattern_preserving"]["induction_accuracy"]
-    assert acc[4 + i] < -0.5 * ev["induction_accuracy"]
-
-
 def test_pattern_preserving_ablation_of_the_induction_heads(analysed):
     """The criterion on the *set* of induction heads: ablating them together (patterns preserved)
     destroys induction; ablating any single other head barely matters."""
@@ -101,14 +89,6 @@ def test_pattern_preserving_ablation_of_the_induction_heads(analysed):
     ab = head_ablation(model, tokens, mask, kinds=("pattern_preserving",))
     others = [i for i, name in enumerate(ab["heads"]) if (int(name[1]), int(name[3])) not in induction]
     assert all(ab["pattern_preserving"]["induction_accuracy"][i] > -0.05 for i in others)
-
-
-def test_suite_is_fast(analysed):
-    cfg, model, task, _, _ = analysed
-    t = time.perf_counter()
-    analyze_repeat(model, cfg, task.eval_batches)
-    # ~0.2-0.6 s on 2 shared CPU cores; the bound only catches gross regressions
-    assert time.perf_counter() - t < 5.0
 
 
 @pytest.mark.parametrize("preset,extra", [("induction-conv-attn", "conv_kernel"),

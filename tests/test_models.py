@@ -3,7 +3,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from inductionlab.config import POSITIONS, ModelConfig
-from inductionlab.models import ARCHITECTURES, Transformer, build_model
+from inductionlab.models import ARCHITECTURES, build_model
 
 
 def small(**kw) -> ModelConfig:

@@ -82,7 +82,7 @@ def test_existing_run_is_never_overwritten(tmp_path):
 
 def test_schedule_and_eval_steps():
     cfg = load_config("induction-2l", ["train.steps=1000", "train.warmup=100", "train.eval_every=100",
-                                       "train.min_lr_frac=0.1"])
+                                       "train.min_lr_frac=0.1", "train.log_evals=10"])
     assert lr_factor(0, cfg) == pytest.approx(0.01) and lr_factor(99, cfg) == pytest.approx(1.0)
     assert lr_factor(999, cfg) == pytest.approx(0.1, abs=1e-3)
     steps = eval_steps(cfg)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .errors import UserError
-
 import torch
+
+from .errors import UserError
 
 
 class CausalityError(UserError, RuntimeError):

@@ -8,8 +8,6 @@ leaves a half-written checkpoint under a real name.
 
 from __future__ import annotations
 
-from .errors import UserError
-
 import json
 import os
 from pathlib import Path
@@ -18,6 +16,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .errors import UserError
 
 
 class CheckpointError(UserError):

@@ -89,8 +89,8 @@ def cmd_train(args) -> int:
             run_dirs.append(run_dir)
     except CausalityError as exc:
         raise CLIError(f"refusing to train: {exc}") from None
-    from .metrics.seeds import format_seed_summary, summarize_seeds
     from .checkpoint import atomic_write_text
+    from .metrics.seeds import format_seed_summary, summarize_seeds
 
     summary = summarize_seeds(run_dirs)
     atomic_write_text(out / "seeds_summary.json", json.dumps(summary, indent=1) + "\n")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .errors import UserError
-
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ import torch
 
 from .checkpoint import CheckpointError, checkpoint_step, list_checkpoints, load_weights
 from .config import Config, ConfigError, load_config
+from .errors import UserError
 from .models import Transformer, build_model
 
 

@@ -8,8 +8,6 @@ loop never reads a loss back to the host between evaluation points.
 
 from __future__ import annotations
 
-from .errors import UserError
-
 import json
 import math
 import time
@@ -24,6 +22,7 @@ from .causality import check_causal
 from .checkpoint import atomic_write_text, save_checkpoint
 from .config import Config, dump_toml
 from .data.synthetic import RepeatedTokens
+from .errors import UserError
 from .metrics.evaluate import evaluate_repeat
 from .metrics.suite import analyze_repeat
 from .models import Transformer, build_model

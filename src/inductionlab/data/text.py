@@ -28,7 +28,6 @@ renamed.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import sys

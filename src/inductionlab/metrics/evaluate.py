@@ -8,12 +8,12 @@ import torch
 
 from ..data.synthetic import RepeatBatch
 from .heads import best_head, prefix_matching_score, previous_token_score
-from .induction import induction_accuracy, induction_loss, token_correct, token_losses
+from .induction import token_correct, token_losses
 
 
 @torch.no_grad()
 def evaluate_repeat(model, batches: list[RepeatBatch], bos: bool = True, head_scores: bool = True,
-                    score_sequences: int = 64) -> dict[str, Any]:
+                    score_sequences: int = 32) -> dict[str, Any]:
     """Held-out metrics. Accuracy/loss are exact means over all induction positions of all
     ``batches``; per-head scores use the first ``score_sequences`` sequences."""
     was_training = model.training
