@@ -74,3 +74,21 @@ def test_corrupt_checkpoint_is_one_line(tmp_path):
     ck = next((out / "checkpoints").glob("*.safetensors"))
     ck.write_bytes(b"\x00garbage")
     assert_one_line_error(cli("eval", str(out)), "cannot read checkpoint")
+
+
+def test_seeds_train_each_seed_and_summarise(tmp_path):
+    out = tmp_path / "multi"
+    r = cli("train", "induction-2l", "--out", str(out), "--quiet", "--no-report", "--seeds", "0-1",
+            "--set", "train.steps=30", "--set", "train.eval_every=10")
+    assert r.returncode == 0, r.stderr
+    s0 = json.loads((out / "seed_0" / "summary.json").read_text())
+    s1 = json.loads((out / "seed_1" / "summary.json").read_text())
+    assert s0["train_loss"] != s1["train_loss"]  # different seeds really ran
+    summary = json.loads((out / "seeds_summary.json").read_text())
+    assert len(summary["runs"]) == 2
+    final = summary["final"]["induction_accuracy"]
+    assert final["n"] == 2 and final["mean"] == pytest.approx(
+        (s0["induction_accuracy"] + s1["induction_accuracy"]) / 2, abs=1e-3)
+    assert "mean" in r.stdout or "±" in r.stdout
+    for bad in ("x", "3-1", "0,0", "-2"):
+        assert_one_line_error(cli("train", "induction-2l", "--out", str(tmp_path / "b"), "--seeds", bad), "--seeds")
