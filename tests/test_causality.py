@@ -21,6 +21,23 @@ def test_leaky_conv_is_caught(residual):
         check_causal(build_model(cfg), 40, 20)
 
 
+@pytest.mark.parametrize("init_std", [0.01, 0.2])
+@pytest.mark.parametrize("arch", ["attn-only-1l", "attn-only-2l"])
+def test_small_leaks_in_small_logit_models_are_caught(arch, init_std):
+    """No LayerNorm, tiny init: logits (and so the leak) are far below 1."""
+    cfg = ModelConfig(arch=arch, vocab_size=40, d_model=32, n_heads=4, n_ctx=20, conv_padding="same",
+                      qkv_conv=3, layernorm=False, init_std=init_std)
+    with pytest.raises(CausalityError):
+        check_causal(build_model(cfg), 40, 20)
+
+
+@pytest.mark.parametrize("init_std", [0.01, 0.02])
+def test_small_init_causal_models_pass(init_std):
+    cfg = ModelConfig(arch="attn-only-2l", vocab_size=40, d_model=32, n_heads=4, n_ctx=20, qkv_conv=3,
+                      layernorm=False, init_std=init_std)
+    check_causal(build_model(cfg), 40, 20)
+
+
 def test_leaky_primer_qkv_conv_is_caught():
     cfg = ModelConfig(arch="attn-only-1l", vocab_size=40, d_model=32, n_heads=4, n_ctx=20,
                       conv_padding="same", qkv_conv=3, init_std=0.2)

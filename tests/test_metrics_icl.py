@@ -10,7 +10,8 @@ from inductionlab.metrics.icl import icl_indices, icl_score, icl_score_from_curv
 
 def test_indices_paper_and_short_context():
     assert icl_indices(1024) == (50, 500)
-    assert icl_indices(80) == (8, 78)
+    assert icl_indices(80) == (15, 78)
+    assert icl_indices(256) == (50, 254) and icl_indices(64) == (12, 62)
     assert icl_indices(80, early=3) == (3, 78)
     assert icl_indices(80, early=5, late=40) == (5, 40)
     with pytest.raises(ValueError):
@@ -27,7 +28,7 @@ def test_score_from_known_losses():
     late = T - 2
     logits[torch.arange(3), late, tokens[:, late + 1]] = 100.0
     score, (e, l), curve = icl_score(logits, tokens)
-    assert (e, l) == (1, late)
+    assert (e, l) == (late // 5, late)
     assert curve.shape == (T - 1,)
     assert abs(score + math.log(V)) < 1e-4
     assert icl_score_from_curve(torch.tensor([3.0, 2.0, 1.0]), 0, 2) == -2.0

@@ -38,7 +38,7 @@ def test_keys_shapes_and_json(analysed):
         assert key in res, key
     assert "conv_kernel" not in res and "smear_sigma" not in res
     assert set(res["copying"]) == {"0", "1"} and len(res["copying"]["1"]) == 4
-    assert res["icl_indices"] == [8, 78]
+    assert res["icl_indices"] == [15, 78]
     comp = res["composition"]
     assert len(comp["heads"]) == 8 and all(len(row) == 8 for row in comp["k"])
     for kind in ("zero", "mean", "pattern_preserving"):

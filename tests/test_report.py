@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -87,18 +86,6 @@ def fake_run(trained_2l, tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def fake_phase(monkeypatch):
-    """Stand-in for ``inductionlab.metrics.phase`` (written by the metrics work)."""
-    mod = types.ModuleType("inductionlab.metrics.phase")
-    mod.phase_from_log = lambda records: {"start": 150, "end": 300, "step": 210}
-    monkeypatch.setitem(sys.modules, "inductionlab.metrics.phase", mod)
-    import inductionlab.metrics as metrics
-
-    monkeypatch.setattr(metrics, "phase", mod, raising=False)
-    return mod
-
-
 def test_report_of_trained_run(trained_2l, tmp_path):
     _, _, run, _ = trained_2l
     png = tmp_path / "png"
@@ -126,7 +113,7 @@ def test_default_output_path_and_cli(trained_2l, tmp_path, capsys):
     assert (tmp_path / "cli.html").exists()
 
 
-def test_every_optional_figure_from_full_records(fake_run, fake_phase, tmp_path):
+def test_every_optional_figure_from_full_records(fake_run, tmp_path):
     png = tmp_path / "png"
     html = write_report([fake_run], tmp_path / "r.html", png_dir=png).read_text()
     assert set(BASE_FIGS + EXTRA_FIGS) <= figs_in(html)
@@ -205,7 +192,7 @@ def _blank(png: bytes) -> bool:
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="Chromium not found (apt-get install chromium)")
-def test_report_renders_in_headless_chromium(trained_2l, fake_run, fake_phase, tmp_path):
+def test_report_renders_in_headless_chromium(trained_2l, fake_run, tmp_path):
     _, _, run, _ = trained_2l
     path = write_report([run, fake_run], tmp_path / "report.html")
     with Browser() as b:
@@ -239,3 +226,14 @@ def test_report_renders_in_headless_chromium(trained_2l, fake_run, fake_phase, t
         assert b.evaluate("document.querySelector('.att .step').textContent").startswith("step ")
         assert b.evaluate("document.querySelector('.att canvas').toDataURL()") != before
         assert b.console_errors() == []
+
+
+def test_phase_change_is_marked_from_the_real_detector(trained_2l):
+    from inductionlab.report.figures import phase_steps
+    from inductionlab.report.runs import load_run_data
+
+    _, _, run, _ = trained_2l
+    lines, span = phase_steps(load_run_data(run))
+    assert lines and span is not None
+    # induction-2l's jump happens between steps 100 and 400 (accuracy 0.07 -> 0.94)
+    assert all(50 <= x <= 400 for x in lines) and 50 <= span[0] <= span[1] <= 600

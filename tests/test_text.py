@@ -226,7 +226,7 @@ def test_pack_has_no_padding():
     assert torch.equal(seqs.flatten(), torch.arange(70))
 
 
-def test_icl_indices():
+def test_icl_indices():  # the text task uses the one rule of metrics/icl.py
     assert text.icl_indices(1024) == (50, 500)
     assert text.icl_indices(256) == (50, 254)
     assert text.icl_indices(64) == (12, 62)

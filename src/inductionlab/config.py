@@ -8,13 +8,12 @@ Every key is checked: unknown keys, wrong types and inconsistent values raise
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .errors import UserError
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .causality import check_causal
 from .checkpoint import atomic_write_text, save_checkpoint
 from .config import Config, dump_toml
-from .data.synthetic import RepeatedTokens
+from .data.synthetic import EVAL_SEED_OFFSET, RepeatedTokens
 from .errors import UserError
 from .metrics.evaluate import evaluate_repeat
 from .metrics.suite import analyze_repeat
@@ -44,7 +44,6 @@ class Task(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-EVAL_SEED_OFFSET = 1_000_003
 
 
 class RepeatTask:

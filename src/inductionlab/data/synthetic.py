@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 
 BOS = 0
+#: held-out evaluation data is drawn from a generator seeded ``train.seed + EVAL_SEED_OFFSET``
+EVAL_SEED_OFFSET = 1_000_003
 
 
 @dataclass

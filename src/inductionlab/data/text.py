@@ -38,12 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.synthetic import EVAL_SEED_OFFSET
 from ..errors import UserError
+from ..metrics.evaluate import head_record
 from ..metrics.heads import best_head, prefix_matching_score, previous_token_score
+from ..metrics.icl import icl_indices
 from ..metrics.induction import token_correct, token_losses
 
 EOT = "<|endoftext|>"
-EVAL_SEED_OFFSET = 1_000_003
 DEFAULT_MAX_EVAL_TOKENS = 1 << 18  # data.max_eval_tokens = 0 -> at most this many validation tokens
 CACHE_VERSION = "v1"
 
@@ -449,14 +451,6 @@ def unigram_cross_entropy(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size
     return float(-logp[np.asarray(val_ids, dtype=np.int64)].mean())
 
 
-def icl_indices(n_ctx: int) -> tuple[int, int]:
-    """``(early, late)`` prediction indices of the ICL score: (50, 500) when the context allows,
-    else the last prediction index and at most a fifth of it."""
-    late = min(500, n_ctx - 2)
-    early = min(50, max(0, late // 5))
-    return early, late
-
-
 # --------------------------------------------------------------------------- the task
 class TextTask:
     """Next-token prediction on packed natural text (see the module docstring)."""
@@ -561,8 +555,8 @@ class TextTask:
         out["previous_token"] = {str(layer): [round(float(x), 4) for x in s] for layer, s in prev.items()}
         out["prefix_matching"] = {str(layer): [round(float(x), 4) for x in s] for layer, s in pm.items()}
         if pats:
-            out["best_previous_token_head"] = _head_record(best_head(prev))
-            out["best_induction_head"] = _head_record(best_head(pm))
+            out["best_previous_token_head"] = head_record(best_head(prev))
+            out["best_induction_head"] = head_record(best_head(pm))
         if was_training:
             model.train()
         return out
@@ -581,8 +575,3 @@ class TextTask:
                 "data_source": self.data.corpus.source,
             }
         return dict(self._corpus_stats)
-
-
-def _head_record(best: tuple[int, int, float]) -> dict[str, Any]:
-    layer, head, score = best
-    return {"layer": layer, "head": head, "name": f"L{layer}H{head}", "score": round(score, 4)}

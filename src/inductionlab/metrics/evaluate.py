@@ -43,13 +43,13 @@ def evaluate_repeat(model, batches: list[RepeatBatch], bos: bool = True, head_sc
         pm = {layer: prefix_matching_score(p, first.periods[:k], bos) for layer, p in pats.items()}
         out["previous_token"] = {str(layer): [round(float(x), 4) for x in s] for layer, s in prev.items()}
         out["prefix_matching"] = {str(layer): [round(float(x), 4) for x in s] for layer, s in pm.items()}
-        out["best_previous_token_head"] = _head_record(best_head(prev))
-        out["best_induction_head"] = _head_record(best_head(pm))
+        out["best_previous_token_head"] = head_record(best_head(prev))
+        out["best_induction_head"] = head_record(best_head(pm))
     if was_training:
         model.train()
     return out
 
 
-def _head_record(best: tuple[int, int, float]) -> dict[str, Any]:
+def head_record(best: tuple[int, int, float]) -> dict[str, Any]:
     layer, head, score = best
     return {"layer": layer, "head": head, "name": f"L{layer}H{head}", "score": round(score, 4)}

@@ -3,8 +3,8 @@
 Indices are *prediction* indices into the loss-by-position curve (index ``i`` predicts token
 ``i + 1``; the curve has ``n_ctx - 1`` entries). The paper's choice is ``late = 500``,
 ``early = 50``; when the context is too short for that, ``late`` is the last prediction
-(``n_ctx - 2``) and ``early = round(EARLY_FRACTION * late)`` (the same 1:10 ratio). For the
-default presets (``n_ctx = 80``) that is ``early = 8``, ``late = 78``: the early token lies in the
+(``n_ctx - 2``) and ``early = min(50, late // 5)``. For the default presets (``n_ctx = 80``) that
+is ``early = 15``, ``late = 78``; for ``n_ctx = 256``, ``(50, 254)``: the early token lies in the
 first, unpredictable copy of the repeated block and the late one in a later copy, so a model that
 uses its context has a clearly *negative* score (nats).
 """
@@ -16,7 +16,6 @@ import torch
 from .induction import loss_by_position
 
 PAPER_INDICES = (50, 500)
-EARLY_FRACTION = 0.1
 
 
 def icl_indices(n_ctx: int, early: int | None = None, late: int | None = None) -> tuple[int, int]:
@@ -27,7 +26,7 @@ def icl_indices(n_ctx: int, early: int | None = None, late: int | None = None) -
     if late is None:
         late = PAPER_INDICES[1] if last >= PAPER_INDICES[1] else last
     if early is None:
-        early = PAPER_INDICES[0] if late == PAPER_INDICES[1] else max(0, round(EARLY_FRACTION * late))
+        early = min(PAPER_INDICES[0], late // 5)
     if not 0 <= early < late <= last:
         raise ValueError(f"need 0 <= early < late <= {last}, got early={early}, late={late}")
     return early, late

@@ -55,18 +55,16 @@ def _heatmap(ax, m, rows, cols, title, vmin=None, vmax=None, cmap=CMAP, annotate
 
 
 def phase_steps(run: RunData) -> tuple[list[float], tuple[float, float] | None]:
-    """Lines (single steps) and a span (start, end) out of ``phase_from_log``'s dict."""
+    """Detected change steps (one line per curve) and the change window (10%-90% of the change)
+    of the induction loss, else of the first curve found, out of ``phase_from_log``."""
     ph = run.phase()
-    lines, span = [], None
-    start = ph.get("start", ph.get("start_step"))
-    end = ph.get("end", ph.get("end_step"))
-    if isinstance(start, (int, float)) and isinstance(end, (int, float)) and end >= start:
-        span = (float(start), float(end))
-    for key, v in ph.items():
-        if key in ("start", "end", "start_step", "end_step"):
-            continue
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and "step" in key:
-            lines.append(float(v))
+    curves = [c for c in ("induction_loss", "prefix_matching", "induction_accuracy", "icl_score", "val_loss")
+              if isinstance(ph.get(c), dict)]
+    lines = sorted({float(ph[c]["step"]) for c in curves})
+    span = None
+    if curves:
+        lo, hi = ph[curves[0]]["window"]
+        span = (float(lo), float(hi))
     return lines, span
 
 

@@ -59,15 +59,10 @@ class RunData:
         return None
 
     def phase(self) -> dict:
-        try:
-            from ..metrics.phase import phase_from_log
-        except (ImportError, AttributeError):
-            return {}
-        try:
-            out = phase_from_log(self.records)
-        except Exception:  # noqa: BLE001 - a report must not fail on a metric helper
-            return {}
-        return out if isinstance(out, dict) else {}
+        """``metrics.phase.phase_from_log`` of this run's records."""
+        from ..metrics.phase import phase_from_log
+
+        return phase_from_log(self.records)
 
 
 def read_records(run_dir: Path) -> list[dict]:
