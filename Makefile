@@ -1,5 +1,5 @@
 # Two commands, each doing its own set-up: `make demo` (train induction-2l) and `make test`.
-PYTHON ?= python3
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp

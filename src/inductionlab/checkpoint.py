@@ -1,8 +1,8 @@
 """Checkpoints: weights in safetensors, metadata (config, step, RNG/optimizer state) beside it.
 
 ``step_000123.safetensors`` holds the model weights (no pickle); ``step_000123.json`` holds the
-config and step; ``step_000123.state.pt`` holds optimizer and generator state, loaded with
-``weights_only=True``. Files are written to a temporary name and renamed, so a killed run never
+config and step; ``step_000123.state.pt`` (final checkpoint only) holds optimizer, scheduler, gradient-scaler and
+data-generator state for a future exact resume (to be loaded with ``weights_only=True``). Files are written to a temporary name and renamed, so a killed run never
 leaves a half-written checkpoint under a real name.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,18 @@ def save_checkpoint(run_dir: Path, step: int, model, meta: dict[str, Any], state
     return stem.with_suffix(".safetensors")
 
 
+CHECKPOINT_NAME = re.compile(r"step_(\d+)\.safetensors")
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted((Path(run_dir) / "checkpoints").glob("step_*.safetensors"))
+    """The run's checkpoints, by step (files not named ``step_N.safetensors`` are ignored)."""
+    found = [p for p in (Path(run_dir) / "checkpoints").glob("step_*.safetensors")
+             if CHECKPOINT_NAME.fullmatch(p.name)]
+    return sorted(found, key=checkpoint_step)
 
 
 def checkpoint_step(path: Path) -> int:
-    return int(Path(path).stem.split("_")[1])
+    return int(CHECKPOINT_NAME.fullmatch(Path(path).name).group(1))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

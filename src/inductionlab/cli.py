@@ -57,12 +57,12 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _write_report(run_dirs: list[Path], out: Path) -> None:
+    from .report import write_report
+
     try:
-        from .report import write_report
-    except ImportError as exc:  # plotting extras not installed
-        sys.stderr.write(f"inductionlab: no report written ({exc})\n")
-        return
-    print(f"report: {write_report(run_dirs, out)}")
+        print(f"report: {write_report(run_dirs, out)}")
+    except UserError as exc:  # e.g. matplotlib not installed: the run itself is complete
+        sys.stderr.write(f"inductionlab: note: no report written: {exc}\n")
 
 
 def cmd_train(args) -> int:

@@ -8,6 +8,7 @@ Every key is checked: unknown keys, wrong types and inconsistent values raise
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -258,7 +259,7 @@ def validate(cfg: Config) -> None:
         _check(m.d_model % m.n_heads == 0,
                f"model.d_model ({m.d_model}) is not divisible by model.n_heads ({m.n_heads}); set model.d_head")
     _check(m.d_head >= 0 and m.d_mlp >= 0, "model.d_head and model.d_mlp must be >= 0")
-    _check(m.n_ctx >= 2, f"model.n_ctx must be >= 2, got {m.n_ctx}")
+    _check(m.n_ctx >= 4, f"model.n_ctx must be >= 4, got {m.n_ctx}")
     _check(m.positions in POSITIONS, f"model.positions must be one of {', '.join(POSITIONS)}, got '{m.positions}'")
     if m.positions == "rotary":
         _check(m.head_dim % 2 == 0, f"rotary positions need an even head dimension, got {m.head_dim}")
@@ -303,8 +304,9 @@ def validate(cfg: Config) -> None:
     _check(t.loss_on in LOSS_ON, f"train.loss_on must be one of {', '.join(LOSS_ON)}")
     _check(t.amp in ("none", "bf16", "fp16"), f"train.amp must be none, bf16 or fp16, got '{t.amp}'")
     _check(t.threads >= 0 and t.grad_accum >= 1, "train.threads must be >= 0 and train.grad_accum >= 1")
-    _check(t.device == "cpu" or t.device.startswith("cuda") or t.device == "auto",
-           f"train.device must be cpu, cuda[:N] or auto, got '{t.device}'")
+    _check(re.fullmatch(r"cpu|auto|cuda(:\d+)?", t.device) is not None,
+           f"train.device must be cpu, cuda, cuda:N or auto, got '{t.device}'")
+    _check(0 <= t.seed < 2**62, f"train.seed must be in [0, 2**62), got {t.seed}")
 
 
 # --------------------------------------------------------------------------- loading

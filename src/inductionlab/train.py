@@ -94,7 +94,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"train.device={name} but no CUDA device is available (use train.device=cpu)")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RunError(f"train.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
 
 
 def init_model(cfg: Config, device: torch.device) -> Transformer:
@@ -248,6 +251,7 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None,
             if t.grad_clip:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            lr_used = sched.get_last_lr()[0]
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
@@ -264,7 +268,7 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None,
                 ev = task.evaluate(model)
                 eval_seconds += time.perf_counter() - e0
                 last = {"step": step, "seconds": round(time.perf_counter() - start, 3),
-                        "lr": sched.get_last_lr()[0], "train_loss": round(train_loss, 5), **ev}
+                        "lr": lr_used, "train_loss": round(train_loss, 5), **ev}
                 stop = bool(t.target_accuracy and task.headline == "induction_accuracy"
                             and ev["induction_accuracy"] >= t.target_accuracy)
                 if step in full_steps or stop:
@@ -287,7 +291,8 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None,
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
-    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "task": task.state_dict()}
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "task": task.state_dict(),
+             "scaler": scaler.state_dict()}
     save_checkpoint(run_dir, step, model, meta, state)
     summary = {
         "name": cfg.name,

@@ -238,7 +238,7 @@ def _tokenizers():
     try:
         import tokenizers
     except ImportError:
-        raise DataError("natural-text runs need the 'tokenizers' package: pip install 'inductionlab[text]'") from None
+        raise DataError("natural-text runs need the 'tokenizers' package: pip install tokenizers") from None
     return tokenizers
 
 

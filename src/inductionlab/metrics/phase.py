@@ -93,14 +93,15 @@ def _curve(records: list[dict], key) -> tuple[list[float], list[float]]:
     return steps, vals
 
 
-def _max_head(scores: dict[str, list[float]]) -> float:
-    return max(x for heads in scores.values() for x in heads)
+def max_head(scores: dict[str, list[float]]) -> float | None:
+    """Largest per-head score in a ``{"layer": [per head]}`` record (None when there are no heads)."""
+    return max((x for heads in scores.values() for x in heads), default=None)
 
 
 #: curve name -> how to read it off one metrics.jsonl record
 CURVES = {
-    "prefix_matching": lambda r: _max_head(r["prefix_matching"]),
-    "previous_token": lambda r: _max_head(r["previous_token"]),
+    "prefix_matching": lambda r: max_head(r["prefix_matching"]),
+    "previous_token": lambda r: max_head(r["previous_token"]),
     "induction_loss": lambda r: r["induction_loss"],
     "induction_accuracy": lambda r: r["induction_accuracy"],
     "icl_score": lambda r: r["icl_score"],  # full-suite records only

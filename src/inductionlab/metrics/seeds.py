@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from .phase import phase_from_log
+from .phase import max_head, phase_from_log
 
 #: final scores taken from each run's summary.json / last metrics record
 FINAL_KEYS = ("induction_accuracy", "induction_loss", "icl_score")
@@ -46,7 +46,7 @@ def _final(records: list[dict], summary: dict, key: str) -> float | None:
 def _best_induction(records: list[dict]) -> float | None:
     for r in reversed(records):
         if "prefix_matching" in r:
-            return max(x for heads in r["prefix_matching"].values() for x in heads)
+            return max_head(r["prefix_matching"])
     return None
 
 

@@ -9,9 +9,14 @@ from pathlib import Path
 def write_gif(run_dir: Path, out: Path | None = None, duration_ms: int = 600) -> Path:
     """Write one frame per checkpoint (the last one held three times as long) to ``out``
     (default ``RUN_DIR/attention.gif``) and return its path."""
-    from PIL import Image
+    try:
+        from PIL import Image
 
-    from . import figures as F
+        from . import figures as F
+    except ImportError as exc:  # matplotlib/pillow are the optional 'report' extra
+        from ..errors import UserError
+
+        raise UserError(f"animations need matplotlib: pip install 'inductionlab[report]' ({exc})") from None
     from .runs import ReportError, compute_patterns, load_run_config, repeat_sample
 
     run_dir = Path(run_dir)

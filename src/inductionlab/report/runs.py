@@ -70,16 +70,23 @@ def read_records(run_dir: Path) -> list[dict]:
     if not path.exists():
         raise ReportError(f"{run_dir} is not a run directory (no metrics.jsonl)")
     out = []
-    for i, line in enumerate(path.read_text().splitlines()):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"cannot read {path}: {exc}") from None
+    for i, line in enumerate(text.splitlines()):
         line = line.strip()
         if not line:
             continue
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             if i == 0:
                 raise ReportError(f"{path}: line {i + 1} is not JSON") from None
             continue  # a run still writing its last line
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            raise ReportError(f"{path}: line {i + 1} is not a metrics record (no integer 'step')")
+        out.append(rec)
     return out
 
 
