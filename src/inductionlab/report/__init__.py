@@ -3,9 +3,9 @@ attention grid across checkpoints (``animate.write_gif``). Needs matplotlib (the
 
 from __future__ import annotations
 
-from ..errors import UserError
-
 from pathlib import Path
+
+from ..errors import UserError
 
 __all__ = ["write_report"]
 
