@@ -355,3 +355,24 @@ def test_gpu_presets_match_the_issue():
             (3e-4, "cosine", 500, 32, 256, 1.0, 42)
         assert (t.device, t.amp, c.data.kind, c.data.tokenizer) == ("auto", "fp16", "text", "gpt2")
         assert t.steps == round(15 * (2_445_191 // 256) / 32)  # 15 epochs of the GPT-2-tokenised train split
+
+
+def test_text_analyze_logs_weight_metrics_and_conv_profile(tmp_path, monkeypatch):
+    """Text runs get the weight-only suite: the conv-kernel profile per offset among them."""
+    import torch
+
+    from inductionlab.config import load_config
+    from inductionlab.data.text import TextTask, resolve_text_vocab
+    from inductionlab.train import init_model
+
+    monkeypatch.setenv("INDUCTIONLAB_CACHE", str(tmp_path / "cache"))
+    cfg = load_config("wikitext-conv-attn-cpu", ["model.d_model=32", "data.max_eval_tokens=1024"])
+    resolve_text_vocab(cfg)
+    model = init_model(cfg, torch.device("cpu"))
+    out = TextTask(cfg, torch.device("cpu")).analyze(model)
+    assert len(out["conv_kernel"]["0"]) == cfg.model.conv_kernel
+    # identity-initialised non-residual conv: the weight at offset t dominates
+    prof = out["conv_kernel"]["0"]
+    assert prof[0] > 0.5 and all(abs(x) < 0.2 for x in prof[1:])
+    assert set(out["ov_positivity"]) == {"1"} and len(out["composition"]["heads"]) == cfg.model.n_heads
+    assert out["unigram_entropy"] > 5

@@ -562,7 +562,13 @@ class TextTask:
         return out
 
     def analyze(self, model) -> dict[str, Any]:
-        """Corpus figures (cheap, computed once): unigram entropy and sizes."""
+        """Corpus figures (computed once: unigram entropy and sizes) and the weight-only
+        measurements (copying, OV positivity, composition, conv kernel, sigma(alpha))."""
+        from ..metrics.suite import weight_metrics
+
+        return {**self._corpus_figures(), **weight_metrics(model, bos=False)}
+
+    def _corpus_figures(self) -> dict[str, Any]:
         if not hasattr(self, "_corpus_stats"):
             v = self.data.vocab_size
             self._corpus_stats = {

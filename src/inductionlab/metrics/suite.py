@@ -51,6 +51,29 @@ def _eval_slice(eval_batches, n: int):
 
 
 @torch.no_grad()
+def weight_metrics(model, bos: bool = True) -> dict[str, Any]:
+    """The measurements that need weights only (no data): copying, OV positivity, Q/K/V
+    composition, conv-kernel profiles and smeared-key sigma(alpha). Text runs log these too."""
+    out: dict[str, Any] = {}
+    if model.attention_layers:
+        out["copying"] = _per_layer(copying_scores(model, COPY_TOKENS, bos=bos))
+        out["ov_positivity"] = _per_layer(ov_positivity(model))
+        comp = composition_scores(model)
+        out["composition"] = {
+            "heads": comp["heads"],
+            **{k: [[None if v is None else _r(v) for v in row] for row in comp[k]] for k in "qkv"},
+            "baseline": {k: _r(v) for k, v in comp["baseline"].items()},
+        }
+    conv = conv_kernel_profiles(model)
+    if conv:
+        out["conv_kernel"] = _per_layer(conv)
+    smear = smear_sigmas(model)
+    if smear:
+        out["smear_sigma"] = _per_layer(smear)
+    return out
+
+
+@torch.no_grad()
 def analyze_repeat(model, cfg, eval_batches) -> dict[str, Any]:
     """Copying, OV positivity, ICL score, composition, ablations, conv kernels, smear weights and
     OOD accuracies (keys documented in docs/metrics.md)."""
@@ -68,34 +91,18 @@ def _analyze(model, cfg, eval_batches) -> dict[str, Any]:
     bos = d.bos
     tokens, mask = _eval_slice(eval_batches, SUITE_SEQUENCES)
     early, late = icl_indices(tokens.shape[1])
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = weight_metrics(model, bos)
     has_attn = bool(model.attention_layers)
+    clean_icl = icl_score_from_curve(loss_by_position(model(tokens), tokens), early, late)
     if has_attn:
-        out["copying"] = _per_layer(copying_scores(model, COPY_TOKENS, bos=bos))
-        out["ov_positivity"] = _per_layer(ov_positivity(model))
-        clean_icl = icl_score_from_curve(loss_by_position(model(tokens), tokens), early, late)
         k = ABLATION_SEQUENCES
         ab = head_ablation(model, tokens[:k], mask[:k], icl=(early, late))
-    else:
-        clean_icl = icl_score_from_curve(loss_by_position(model(tokens), tokens), early, late)
     out["icl_score"] = _r(clean_icl)
     out["icl_indices"] = [early, late]
     if has_attn:
-        comp = composition_scores(model)
-        out["composition"] = {
-            "heads": comp["heads"],
-            **{k: [[None if v is None else _r(v) for v in row] for row in comp[k]] for k in "qkv"},
-            "baseline": {k: _r(v) for k, v in comp["baseline"].items()},
-        }
         out["ablation"] = {"heads": ab["heads"],
                            **{kind: {k: [_r(v) for v in vals] for k, vals in ab[kind].items()}
                               for kind in ("zero", "mean", "pattern_preserving")}}
-    conv = conv_kernel_profiles(model)
-    if conv:
-        out["conv_kernel"] = _per_layer(conv)
-    smear = smear_sigmas(model)
-    if smear:
-        out["smear_sigma"] = _per_layer(smear)
     per = accuracy_by_period(model, list(OOD_PERIODS), m.vocab_size, m.n_ctx, bos, n=OOD_SEQUENCES)
     out["ood_period"] = {str(p): _r(a) for p, a in per.items()}
     lengths, reason = accuracy_by_length(model, [m.n_ctx, 2 * m.n_ctx], m.vocab_size, d.period_min,

@@ -106,37 +106,19 @@ def repeat_sample(cfg) -> Sample:
 
 
 def text_sample(cfg) -> tuple[Sample | None, str | None]:
-    """A natural-text sample for text runs, or ``(None, reason)``."""
-    try:
-        from ..train import make_task
+    """The first validation sequence of a text run (up to 64 tokens, labelled with the
+    tokenizer's token strings), or ``(None, reason)`` when the text data cannot be loaded."""
+    from ..data.text import pack, prepare_text
+    from ..errors import UserError
 
-        task = make_task(cfg, torch.device("cpu"))
-        get = getattr(task, "sample_text", None)
-        if get is not None:
-            toks = list(get(min(cfg.model.n_ctx, 64)))
-        else:
-            batches = getattr(task, "eval_batches", None) or getattr(task, "val_batches", None)
-            if batches:
-                b = batches[0]
-                t = b if isinstance(b, torch.Tensor) else getattr(b, "tokens", b)
-                toks = t[0].tolist()
-            else:
-                toks = task.train_batch(1)[0][0].tolist()
-        toks = toks[: min(cfg.model.n_ctx, 64)]
-        decode = (getattr(task, "decode_token", None) or getattr(task, "id_to_token", None))
-        tok = getattr(task, "tokenizer", None)
-        if decode is None and tok is not None:
-            decode = getattr(tok, "id_to_token", None) or (lambda i: tok.decode([i]))
-        labels = []
-        for t in toks:
-            try:
-                labels.append(str(decode(t)) if decode else str(t))
-            except Exception:  # noqa: BLE001
-                labels.append(str(t))
-        return Sample("text", "text sample", toks, labels), None
-    except Exception as exc:  # noqa: BLE001 - optional deps / data may be missing
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return None, f"text sample not shown: could not load text tokens ({msg[:160]})"
+    try:
+        data = prepare_text(cfg)
+    except UserError as exc:
+        return None, f"text sample not shown: {exc}"
+    n = min(cfg.model.n_ctx, 64)
+    toks = pack(data.ids["valid"], cfg.model.n_ctx)[0, :n].tolist()
+    labels = [str(data.tokenizer.id_to_token(int(t))).replace("\u0120", " ").replace("\u010a", "↵") for t in toks]
+    return Sample("text", "validation text", toks, labels), None
 
 
 @torch.no_grad()
