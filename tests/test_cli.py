@@ -62,7 +62,10 @@ def test_train_eval_presets_end_to_end(tmp_path):
     e = cli("eval", str(out))
     assert e.returncode == 0 and "prefix-matching score per head" in e.stdout and "L1:" in e.stdout
     j = json.loads(cli("eval", str(out), "--json").stdout)
-    assert j["checkpoints"][-1]["step"] == 40
+    assert [c["step"] for c in j["checkpoints"]] == [40]
+    every = json.loads(cli("eval", str(out), "--json", "--checkpoints", "all").stdout)["checkpoints"]
+    assert [c["step"] for c in every] == [20, 40]  # the full-suite evaluations kept a checkpoint
+    assert all("composition" in c and "ablation" in c and "prefix_matching" in c for c in every)
     p = cli("presets")
     assert p.returncode == 0 and "induction-2l-classic" in p.stdout and len(p.stdout.splitlines()) >= 6
 

@@ -28,6 +28,12 @@ def test_induction_2l_preset_forms_induction_heads(tmp_path):
     records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] == 1 and records[-1]["step"] == s["steps"]
     assert records[0]["induction_accuracy"] < 0.1  # it really learned during this run
+    # the phase change is detected where accuracy jumps (between the last record below 0.5 and
+    # the first above it, give or take one evaluation interval)
+    below = max(r["step"] for r in records if r["induction_accuracy"] < 0.5)
+    above = min(r["step"] for r in records if r["induction_accuracy"] >= 0.5)
+    step = s["phase_change"]["induction_loss"]["step"]
+    assert below - 50 <= step <= above + 50
     ck = d / "checkpoints" / f"step_{s['steps']:06d}.safetensors"
     assert "blocks.1.attn.W_Q" in load_file(str(ck))
     meta = json.loads(ck.with_suffix(".json").read_text())

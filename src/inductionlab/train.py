@@ -24,6 +24,7 @@ from .config import Config, dump_toml
 from .data.synthetic import EVAL_SEED_OFFSET, RepeatedTokens
 from .errors import UserError
 from .metrics.evaluate import evaluate_repeat
+from .metrics.phase import phase_from_log
 from .metrics.suite import analyze_repeat
 from .models import Transformer, build_model
 
@@ -236,6 +237,7 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None,
     start = time.perf_counter()
     eval_seconds = 0.0
     last: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
     reached_at = None
     step = 0
     try:
@@ -279,6 +281,7 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None,
                     if step != t.steps and not stop:
                         save_checkpoint(run_dir, step, model, meta)
                 log_fh.write(json.dumps(last) + "\n")
+                records.append(last)
                 log_fh.flush()
                 if bar is not None:
                     post = {"loss": f"{train_loss:.3f}", task.headline[:9]: f"{ev[task.headline]:.3f}"}
@@ -304,6 +307,7 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None,
         "tokens_seen": step * t.grad_accum * t.batch_size * cfg.model.n_ctx,
         "device": str(device),
         "reached_target_at": reached_at,
+        "phase_change": phase_from_log(records),
         **{k: v for k, v in last.items() if k not in ("step", "seconds", "loss_by_position")},
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
