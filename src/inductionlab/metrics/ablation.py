@@ -45,6 +45,38 @@ def _chunk_scores(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
     return [scores(logits[c * b:(c + 1) * b], tokens, mask, icl) for c in range(chunks)]
 
 
+def _ablation_hooks(layers, cache: dict, groups: list[list[tuple[int, int]]], kind: str, batch: int,
+                    device) -> dict:
+    """Hooks for a batch repeated once per group: chunk ``c`` has every head of ``groups[c]``
+    ablated (``kind``: zero / mean / pattern_preserving), all other heads untouched."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown ablation {kind!r}; choose from {KINDS}")
+    n = len(groups)
+    hooks = {}
+    for layer, attn in layers:
+        keep = torch.ones(n, 1, 1, attn.n_heads, 1, device=device)
+        for c, group in enumerate(groups):
+            for lc, h in group:
+                if lc == layer:
+                    keep[c, 0, 0, h] = 0
+        keep = keep.expand(n, batch, 1, attn.n_heads, 1).reshape(n * batch, 1, attn.n_heads, 1)
+        if kind == "mean":
+            value = cache[_z_name(layer)].mean(0, keepdim=True)  # [1, pos, head, d_head]
+        else:
+            value = torch.zeros((), device=device)
+        hooks[_z_name(layer)] = _mix(keep, value)
+        if kind == "pattern_preserving":
+            hooks[_pattern_name(layer)] = _fixed(cache[_pattern_name(layer)].repeat(n, 1, 1, 1))
+    return hooks
+
+
+def _clean_run(model, tokens: torch.Tensor):
+    layers = model.attention_layers
+    names = [_pattern_name(layer) for layer, _ in layers] + [_z_name(layer) for layer, _ in layers]
+    logits, cache = model.run_with_cache(tokens, names)
+    return layers, logits, cache
+
+
 @torch.no_grad()
 def head_ablation(model, tokens: torch.Tensor, mask: torch.Tensor, kinds=KINDS,
                   icl: tuple[int, int] | None = None) -> dict:
@@ -55,31 +87,14 @@ def head_ablation(model, tokens: torch.Tensor, mask: torch.Tensor, kinds=KINDS,
     was_training = model.training
     model.eval()
     icl = icl or icl_indices(tokens.shape[1])
-    layers = model.attention_layers
-    names = [_pattern_name(layer) for layer, _ in layers] + [_z_name(layer) for layer, _ in layers]
-    logits, cache = model.run_with_cache(tokens, names)
+    layers, logits, cache = _clean_run(model, tokens)
     clean = scores(logits, tokens, mask, icl)
     heads = [(layer, h) for layer, attn in layers for h in range(attn.n_heads)]
     n, b = len(heads), tokens.shape[0]
     out: dict = {"heads": [f"L{layer}H{h}" for layer, h in heads], "clean": clean}
     big = tokens.repeat(n, 1)
     for kind in kinds:
-        if kind not in KINDS:
-            raise ValueError(f"unknown ablation {kind!r}; choose from {KINDS}")
-        hooks = {}
-        for layer, attn in layers:
-            keep = torch.ones(n, 1, 1, attn.n_heads, 1, device=tokens.device)
-            for c, (lc, h) in enumerate(heads):
-                if lc == layer:
-                    keep[c, 0, 0, h] = 0
-            keep = keep.expand(n, b, 1, attn.n_heads, 1).reshape(n * b, 1, attn.n_heads, 1)
-            if kind == "mean":
-                value = cache[_z_name(layer)].mean(0, keepdim=True)  # [1, pos, head, d_head]
-            else:
-                value = torch.zeros((), device=tokens.device)
-            hooks[_z_name(layer)] = _mix(keep, value)
-            if kind == "pattern_preserving":
-                hooks[_pattern_name(layer)] = _fixed(cache[_pattern_name(layer)].repeat(n, 1, 1, 1))
+        hooks = _ablation_hooks(layers, cache, [[hd] for hd in heads], kind, b, tokens.device)
         per = _chunk_scores(model.run_with_hooks(big, hooks), tokens, mask, icl, n)
         out[kind] = {k: [s[k] - clean[k] for s in per] for k in clean}
     if was_training:
@@ -95,24 +110,11 @@ def _mix(keep: torch.Tensor, value: torch.Tensor):
 def ablate_heads(model, tokens: torch.Tensor, mask: torch.Tensor, heads: list[tuple[int, int]],
                  kind: str = "pattern_preserving", icl: tuple[int, int] | None = None) -> dict[str, float]:
     """Scores (not deltas) with all ``heads`` ``[(layer, head), ...]`` ablated *together*."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown ablation {kind!r}; choose from {KINDS}")
     was_training = model.training
     model.eval()
     icl = icl or icl_indices(tokens.shape[1])
-    layers = model.attention_layers
-    names = [_pattern_name(layer) for layer, _ in layers] + [_z_name(layer) for layer, _ in layers]
-    _, cache = model.run_with_cache(tokens, names)
-    hooks = {}
-    for layer, attn in layers:
-        keep = torch.ones(1, 1, attn.n_heads, 1, device=tokens.device)
-        for lc, h in heads:
-            if lc == layer:
-                keep[0, 0, h] = 0
-        value = cache[_z_name(layer)].mean(0, keepdim=True) if kind == "mean" else torch.zeros(())
-        hooks[_z_name(layer)] = _mix(keep, value)
-        if kind == "pattern_preserving":
-            hooks[_pattern_name(layer)] = _fixed(cache[_pattern_name(layer)])
+    layers, _, cache = _clean_run(model, tokens)
+    hooks = _ablation_hooks(layers, cache, [list(heads)], kind, tokens.shape[0], tokens.device)
     s = scores(model.run_with_hooks(tokens, hooks), tokens, mask, icl)
     if was_training:
         model.train()
