@@ -95,3 +95,12 @@ def test_seeds_train_each_seed_and_summarise(tmp_path):
     assert "mean" in r.stdout or "±" in r.stdout
     for bad in ("x", "3-1", "0,0", "-2"):
         assert_one_line_error(cli("train", "induction-2l", "--out", str(tmp_path / "b"), "--seeds", bad), "--seeds")
+
+
+def test_checkpoint_of_another_model_config_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", "induction-2l", "--out", str(out), "--quiet", "--no-report", "--set", "train.steps=5",
+               "--set", "train.eval_every=5").returncode == 0
+    cfg = out / "config.toml"
+    cfg.write_text(cfg.read_text().replace('positions = "rotary"', 'positions = "none"'))
+    assert_one_line_error(cli("eval", str(out)), "different model config (differs in: positions)")

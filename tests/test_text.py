@@ -80,6 +80,16 @@ def test_txt_corpus_splits(txt_corpus):
     c1 = text.load_corpus(str(f))
     assert len(c1.splits["train"]) == 18 and len(c1.splits["valid"]) == 2
     assert c1.digest != c.digest
+    # split names are whole words: "interval" is not "val", and a file named both is in neither
+    d = txt_corpus.parent / "named"
+    d.mkdir()
+    (d / "my_train.txt").write_text("alpha " * 50)
+    (d / "dev-valid.txt").write_text("beta " * 50)
+    (d / "interval.txt").write_text("gamma " * 50)
+    (d / "train_val.txt").write_text("delta " * 50)
+    c2 = text.load_corpus(str(d))
+    assert [t.split()[0] for t in c2.splits["train"]] == ["alpha"]
+    assert [t.split()[0] for t in c2.splits["valid"]] == ["beta"]
 
 
 def test_missing_data_is_one_line_user_error(monkeypatch, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,17 @@ def load_run_config(run_dir: Path) -> Config:
 
 
 def load_model(cfg: Config, checkpoint: Path, device: str | torch.device = "cpu") -> Transformer:
+    sidecar = Path(checkpoint).with_suffix(".json")
+    if sidecar.exists():  # the config the weights were trained with must be the run's
+        try:
+            saved = json.loads(sidecar.read_text())["config"]["model"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CheckpointError(f"checkpoint metadata {sidecar} is unreadable") from None
+        if saved != dataclasses.asdict(cfg.model):
+            diff = sorted(k for k in saved.keys() | dataclasses.asdict(cfg.model).keys()
+                          if saved.get(k) != dataclasses.asdict(cfg.model).get(k))
+            raise CheckpointError(f"checkpoint {checkpoint} was trained with a different model config "
+                                  f"(differs in: {', '.join(diff)})")
     model = build_model(cfg.model)
     weights = load_weights(checkpoint)
     try:

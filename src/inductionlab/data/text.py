@@ -11,8 +11,10 @@ Where data comes from (first hit wins; see docs/text.md):
   the optional ``datasets`` library; for the raw variant, finally the local *tokenised* variant
   (the offline copy lacks ``wiki.train.raw``), with a printed note.
 * ``data.corpus = PATH``: a ``.txt`` file or a folder of ``.txt`` files. Each file is one
-  document. Files whose names contain ``train`` / ``valid`` (or ``val``) form the splits; with no
-  such names the last 10% of the documents (at least one) are the validation split.
+  document. Files whose names hold the word ``train`` or one of ``valid``/``val``/``validation``/
+  ``dev`` (whole words of the file stem, e.g. ``my_train.txt``, ``dev-valid.txt``; a name with
+  both, or neither, is left out) form the splits; with no such files the last 10% of the
+  documents (at least one) are the validation split.
 
 Tokenisers (``data.tokenizer``): ``"gpt2"`` (a local ``gpt2-tokenizer/`` folder with
 ``tokenizer.json`` or ``vocab.json`` + ``merges.txt`` in the same search bases, else the hub),
@@ -220,8 +222,13 @@ def _load_txt(path: Path) -> Corpus:
     texts = {f: t for f, t in texts.items() if t}
     if not texts:
         raise DataError(f"data.corpus: the .txt files under {path} are empty")
-    train = [t for f, t in texts.items() if "train" in f.name.lower()]
-    valid = [t for f, t in texts.items() if re.search(r"val", f.name.lower())]
+    def split_of(f: Path) -> str | None:  # whole words of the stem: train / valid / val / validation
+        words = set(re.split(r"[^a-z]+", f.stem.lower()))
+        is_train, is_valid = "train" in words, bool(words & {"valid", "val", "validation", "dev"})
+        return None if is_train == is_valid else ("train" if is_train else "valid")
+
+    train = [t for f, t in texts.items() if split_of(f) == "train"]
+    valid = [t for f, t in texts.items() if split_of(f) == "valid"]
     if not train or not valid:
         docs = list(texts.values())
         if len(docs) == 1:  # one file: split its paragraphs into documents
