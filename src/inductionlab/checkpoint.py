@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .errors import UserError
 
@@ -25,16 +25,26 @@ class CheckpointError(UserError):
     pass
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, fsync it and rename it to
+    ``path``: readers see the old file or the whole new one, never a part. The temporary file is
+    removed if writing fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(Path(path), lambda p: Path(p).write_text(text))
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def save_checkpoint(run_dir: Path, step: int, model, meta: dict[str, Any], state: dict[str, Any] | None = None) -> Path:
@@ -42,10 +52,10 @@ def save_checkpoint(run_dir: Path, step: int, model, meta: dict[str, Any], state
     ckdir.mkdir(parents=True, exist_ok=True)
     stem = ckdir / f"step_{step:06d}"
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic(stem.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
+    atomic_write(stem.with_suffix(".safetensors"), lambda fh: fh.write(save(tensors)))
     if state is not None:
-        _atomic(Path(f"{stem}.state.pt"), lambda p: torch.save(state, p))
-    _atomic(stem.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps({"step": step, **meta}, indent=1)))
+        atomic_write(Path(f"{stem}.state.pt"), lambda fh: torch.save(state, fh))
+    atomic_write_text(stem.with_suffix(".json"), json.dumps({"step": step, **meta}, indent=1))
     return stem.with_suffix(".safetensors")
 
 

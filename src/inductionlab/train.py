@@ -196,8 +196,7 @@ def default_run_dir(cfg: Config, root: Path = Path("runs")) -> Path:
 
 
 # --------------------------------------------------------------------------- training
-def train(cfg: Config, out: Path | None = None, progress: bool | None = None,
-          log=print) -> dict[str, Any]:
+def train(cfg: Config, out: Path | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Train ``cfg`` into run directory ``out`` and return the summary dict."""
     t = cfg.train
     device = resolve_device(t.device)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoint import atomic_write
 from ..data.synthetic import EVAL_SEED_OFFSET
 from ..errors import UserError
 from ..metrics.evaluate import head_record
@@ -306,20 +307,6 @@ def train_bpe(documents: list[str], vocab_size: int):
     return tok
 
 
-def _atomic_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def load_tokenizer(spec: str, corpus: Corpus, bpe_vocab: int, data_dir: str = "", cache_dir: str = ""):
     """A ``tokenizers.Tokenizer`` for ``data.tokenizer`` (a trained BPE is cached on disk)."""
     if spec == "gpt2":
@@ -331,7 +318,7 @@ def load_tokenizer(spec: str, corpus: Corpus, bpe_vocab: int, data_dir: str = ""
         else:
             tok = train_bpe(corpus.splits["train"], bpe_vocab)
             try:
-                _atomic_bytes(path, lambda fh: fh.write(tok.to_str().encode()))
+                atomic_write(path, lambda fh: fh.write(tok.to_str().encode()))
             except OSError as exc:
                 _note(f"cannot cache the trained tokenizer in {path.parent}: {exc.strerror or exc}")
     else:
@@ -383,7 +370,7 @@ def tokenize_corpus(corpus: Corpus, tok, cache_dir: str = "") -> tuple[dict[str,
         if arr is None:
             ids = _encode_documents(tok, corpus.splits[split], eot)
             try:
-                _atomic_bytes(path, lambda fh: np.save(fh, ids))
+                atomic_write(path, lambda fh: np.save(fh, ids))
                 arr = np.load(path, mmap_mode="r")
             except OSError as exc:
                 _note(f"cannot write the token cache {folder}: {exc.strerror or exc}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from ..checkpoint import atomic_write_text
 from . import figures as F
 from .runs import RunData, Sample, load_run_data
 
@@ -223,10 +224,7 @@ def write_report(run_dirs: list[Path], out: Path | None = None, png_dir: Path | 
     out = Path(out) if out is not None else Path(run_dirs[0]) / "report.html"
     text = build_html(runs, Path(png_dir) if png_dir is not None else None)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out)
+        atomic_write_text(out, text)
     except OSError as exc:
         raise ReportError(f"cannot write report {out}: {exc.strerror or exc}") from None
     return out
