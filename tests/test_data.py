@@ -33,10 +33,36 @@ def test_deterministic_from_seed_and_resumable():
                            RepeatedTokens(256, 80, 20, 29, seed=11).sample(8).tokens)
 
 
-def test_induction_mask_marks_targets_seen_one_period_back():
+def test_induction_mask_marks_predictions_made_from_a_repeated_token():
     m = induction_mask(torch.tensor([3]), seq_len=8, bos=True)
-    # predictions at positions 0..6 of tokens 1..7; token at position t has content index t-1;
-    # it repeats when content index >= 3, i.e. positions 4..7 -> predictions 3..6
-    assert m[0].tolist() == [False, False, False, True, True, True, True]
+    # [BOS] a b c a b c a: predictions at positions 0..6; the token at position i has content
+    # index i-1 and occurred one period earlier iff i-1 >= 3, i.e. predictions 4..6. The
+    # prediction at position 3 (from the last token of the first copy, 'c', never seen before,
+    # of the first token of the second copy) is not an induction position.
+    assert m[0].tolist() == [False, False, False, False, True, True, True]
     m = induction_mask(torch.tensor([2]), seq_len=5, bos=False)
-    assert m[0].tolist() == [False, True, True, True]
+    # a b a b a: predictions at 0..3; the token at i repeats iff i >= 2
+    assert m[0].tolist() == [False, False, True, True]
+
+
+def test_induction_mask_positions_are_exactly_the_predictable_ones():
+    """On real batches, every masked prediction's target is the successor of the previous
+    occurrence of the current token one period back, and every unmasked prediction is made
+    from a token not seen one period earlier (so a perfect induction circuit scores 1.0)."""
+    b = RepeatedTokens(256, 80, 5, 29, period_mode="sequence", seed=3).sample(64)
+    toks, m = b.tokens, b.induction_mask
+    for row in range(toks.shape[0]):
+        p = int(b.periods[row])
+        for i in range(toks.shape[1] - 1):
+            seen = i - p >= 1 and bool(toks[row, i - p] == toks[row, i])  # position 0 is BOS
+            assert bool(m[row, i]) == (i - 1 >= p)
+            if m[row, i]:
+                assert seen and toks[row, i - p + 1] == toks[row, i + 1]
+    # the oracle "copy the token after the one a period back" is right on every masked prediction
+    from inductionlab.metrics.induction import induction_accuracy
+    logits = torch.full((*toks.shape, 256), -1e9)
+    for row in range(toks.shape[0]):
+        p = int(b.periods[row])
+        for i in range(p + 1, toks.shape[1] - 1):
+            logits[row, i, toks[row, i - p + 1]] = 0.0
+    assert float(induction_accuracy(logits, toks, m)) == 1.0

@@ -27,6 +27,7 @@ POSITIONS = ("learned", "sinusoidal", "rotary", "shortformer", "none")
 SCHEDULES = ("cosine", "constant")
 PERIOD_MODES = ("batch", "sequence")
 LOSS_ON = ("all", "induction")
+INIT_SCHEMES = ("gpt2", "torch", "transformer-lens")  # models/init.py
 CONV_PADDING = ("causal", "same")  # "same" leaks the future: kept only to demonstrate the guard
 
 
@@ -53,6 +54,10 @@ class ModelConfig:
     qkv_conv: int = 0
     #: initial value of the smeared-key logit alpha (sigma(alpha) is the weight of k_j itself)
     smear_init: float = 0.0
+    #: initialisation scheme: gpt2 (N(0, init_std)), torch (PyTorch layer defaults) or
+    #: transformer-lens (N(0, 0.8/sqrt(d_model))); see models/init.py
+    init: str = "gpt2"
+    #: standard deviation of the ``gpt2`` scheme
     init_std: float = 0.02
     #: make the final LayerNorm (if ``layernorm``) present
     final_ln: bool = True
@@ -267,6 +272,7 @@ def validate(cfg: Config) -> None:
     _check(m.qkv_conv >= 0, f"model.qkv_conv must be >= 0, got {m.qkv_conv}")
     _check(m.conv_padding in CONV_PADDING, f"model.conv_padding must be one of {', '.join(CONV_PADDING)}")
     _check(m.init_std > 0, "model.init_std must be > 0")
+    _check(m.init in INIT_SCHEMES, f"model.init must be one of {', '.join(INIT_SCHEMES)}, got '{m.init}'")
 
     _check(d.kind in ("repeat", "text"), f"data.kind must be 'repeat' or 'text', got '{d.kind}'")
     if d.kind == "repeat":

@@ -21,16 +21,23 @@ EVAL_SEED_OFFSET = 1_000_003
 class RepeatBatch:
     tokens: torch.Tensor  # [batch, seq] int64
     periods: torch.Tensor  # [batch] int64
-    #: [batch, seq-1] bool: prediction at position i (of token i+1) is an induction position,
-    #: i.e. token i+1 already occurred exactly one period earlier
+    #: [batch, seq-1] bool: the prediction made at position i (of token i+1) is an induction
+    #: position, i.e. the token *at* i occurred exactly one period earlier (see :func:`induction_mask`)
     induction_mask: torch.Tensor
 
 
 def induction_mask(periods: torch.Tensor, seq_len: int, bos: bool) -> torch.Tensor:
-    """``[batch, seq_len-1]`` mask of predictions whose target repeats one period back."""
+    """``[batch, seq_len-1]`` mask of the predictions an induction circuit can make.
+
+    The prediction made at position ``i`` (of token ``i+1``) counts iff the token *at* ``i``
+    occurred exactly one period earlier (content index ``i - bos >= P``): then the earlier
+    occurrence's successor is the target. The prediction made at the last token of the first
+    copy (content index ``P - 1``) does not count: its target is already in the context, but
+    the token it is made from has never been seen, so no induction circuit can make it.
+    """
     off = 1 if bos else 0
-    target_pos = torch.arange(1, seq_len, device=periods.device)  # position of the predicted token
-    content = target_pos - off  # index inside the repeated content
+    query_pos = torch.arange(0, seq_len - 1, device=periods.device)  # position making the prediction
+    content = query_pos - off  # its index inside the repeated content (-1 for BOS)
     return content[None, :] >= periods[:, None]
 
 

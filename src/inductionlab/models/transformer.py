@@ -19,6 +19,7 @@ from ..config import ModelConfig
 from .attention import Attention
 from .conv import ConvMixer
 from .hooks import Hook, HookContext, run
+from .init import apply_init
 from .registry import LAYER_KINDS, layer_list
 
 
@@ -143,4 +144,7 @@ class Transformer(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> Transformer:
-    return Transformer(cfg)
+    """The model of ``cfg`` with weights drawn under ``cfg.init`` (models/init.py)."""
+    model = Transformer(cfg)
+    apply_init(model, cfg.init, cfg.d_model)
+    return model
