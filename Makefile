@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,report]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,report,tl]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,10 +1,19 @@
-"""Head ablations: batched results equal one pass per head; known answers on simple models."""
+"""Head ablations: batched results equal one pass per head; known answers on simple models; the
+ablation study (intervals over sequences) on trained models, asserted in both directions: some
+ablations must destroy induction and others must not."""
 
+import json
+
+import pytest
 import torch
 
+from inductionlab.cli import main
 from inductionlab.config import load_config
-from inductionlab.data.synthetic import RepeatedTokens
-from inductionlab.metrics.ablation import KINDS, ablate_heads, head_ablation
+from inductionlab.data.synthetic import EVAL_SEED_OFFSET, RepeatedTokens
+from inductionlab.metrics.ablation import (CURRENT_TOKEN_THRESHOLD, INDUCTION_THRESHOLD, KINDS,
+                                           PREVIOUS_TOKEN_THRESHOLD, ablate_heads, ablation_study,
+                                           bootstrap_interval, classify_heads, current_token_score,
+                                           head_ablation, head_scores, role_groups)
 from inductionlab.models import build_model
 
 
@@ -46,3 +55,193 @@ def test_mean_ablation_of_constant_head_is_a_no_op():
         model.blocks[0].attn.b_V[0].fill_(0.3)
     ab = head_ablation(model, b.tokens, b.induction_mask, kinds=("mean",))
     assert all(abs(ab["mean"][m][0]) < 1e-4 for m in ab["mean"])
+
+
+# --------------------------------------------------------------------------- the study: pieces
+
+
+def test_bootstrap_interval_is_seeded_and_leaves_the_global_rng_alone():
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(400, generator=g, dtype=torch.double) * 2 + 1
+    state = torch.random.get_rng_state()
+    a, b = bootstrap_interval(x, seed=0), bootstrap_interval(x, seed=0)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert a == b and bootstrap_interval(x, seed=1) != a
+    assert a.low < a.mean < a.high and abs(a.mean - float(x.mean())) < 1e-12
+    half = 1.96 * float(x.std()) / 400 ** 0.5  # the normal-theory half-width
+    assert abs((a.high - a.low) / 2 - half) < 0.1 * half
+    wide = bootstrap_interval(x, confidence=0.99)
+    assert wide.low < a.low and wide.high > a.high
+    c = bootstrap_interval(torch.full((50,), 0.25))
+    assert (c.mean, c.low, c.high) == (0.25, 0.25, 0.25)
+    with pytest.raises(ValueError):
+        bootstrap_interval(torch.zeros(0))
+
+
+def test_current_token_score_on_hand_built_patterns():
+    t = 10
+    self_attn = torch.eye(t)[None, None]  # [1, 1, q, k]
+    prev = torch.zeros(1, 1, t, t)
+    prev[0, 0, 0, 0] = 1
+    prev[0, 0, torch.arange(1, t), torch.arange(0, t - 1)] = 1
+    both = torch.cat([self_attn, prev], 1)  # two heads
+    assert current_token_score(both).tolist() == [1.0, 0.0]
+
+
+def test_classify_heads_thresholds_and_groups():
+    p, c, i = PREVIOUS_TOKEN_THRESHOLD, CURRENT_TOKEN_THRESHOLD, INDUCTION_THRESHOLD
+    prev = {0: [p, p - 0.01, 0.05, 0.9], 1: [0.0, 0.0, 0.0, 0.0]}
+    cur = {0: [0.9, c, c - 0.01, 0.9], 1: [0.0, 0.0, 0.0, 0.0]}
+    pm = {0: [0.0] * 4, 1: [i, i - 0.01, 0.95, 0.1]}
+    roles = classify_heads(prev, pm, cur)
+    assert roles == {(0, 0): "previous_token", (0, 1): "current_token", (0, 2): "other", (0, 3): "previous_token",
+                     (1, 0): "induction", (1, 1): "other", (1, 2): "induction", (1, 3): "other"}
+    assert role_groups(roles) == {"L0 previous_token": [(0, 0), (0, 3)], "L0 current_token": [(0, 1)],
+                                  "L0 other": [(0, 2)], "L1 induction": [(1, 0), (1, 2)],
+                                  "L1 other": [(1, 1), (1, 3)]}
+    # without current-token scores the first layer has previous-token heads and others only
+    assert classify_heads(prev, pm)[(0, 1)] == "other"
+
+
+def test_study_chunks_and_per_sequence_deltas_match_single_runs():
+    model, _ = _model()
+    with torch.no_grad():  # louder heads: ablations move the loss by ~1e-2, not ~1e-3
+        for _, attn in model.attention_layers:
+            attn.W_O.mul_(30)
+    b = RepeatedTokens(256, 80, 20, 29, True, "sequence", seed=2).sample(6)
+    groups = {"pair": [(0, 1), (1, 2)]}
+    whole = ablation_study(model, b.tokens, b.induction_mask, groups, batch=6)
+    chunked = ablation_study(model, b.tokens, b.induction_mask, groups, batch=4)
+    assert whole["heads"] == [f"L{l}H{h}" for l in range(2) for h in range(4)]
+    assert whole["groups"] == {"pair": ["L0H1", "L1H2"]}
+    for kind in KINDS:  # mean ablation uses the mean over all sequences, so chunking changes nothing
+        for unit, metrics in whole[kind].items():
+            for metric, iv in metrics.items():
+                assert abs(iv["mean"] - chunked[kind][unit][metric]["mean"]) < 2e-5, (kind, unit, metric)
+    for kind in ("zero", "pattern_preserving"):  # per-sequence deltas, averaged over sequences
+        for unit, heads in (("L0H2", [(0, 2)]), ("pair", groups["pair"])):
+            for metric in ("induction_loss", "induction_accuracy"):
+                per = []
+                for i in range(6):
+                    tk, mk = b.tokens[i:i + 1], b.induction_mask[i:i + 1]
+                    per.append(ablate_heads(model, tk, mk, heads, kind)[metric]
+                               - ablate_heads(model, tk, mk, [], kind)[metric])
+                assert abs(sum(per) / 6 - whole[kind][unit][metric]["mean"]) < 2e-5, (kind, unit, metric)
+    with pytest.raises(ValueError, match="no such head"):
+        ablation_study(model, b.tokens, b.induction_mask, {"bad": [(1, 9)]})
+
+
+# --------------------------------------------------------------------------- the study on trained models
+def _held_out(cfg, n: int):
+    """``n`` held-out sequences from the run's evaluation generator: tokens, periods, mask."""
+    m, d = cfg.model, cfg.data
+    gen = RepeatedTokens(m.vocab_size, m.n_ctx, d.period_min, d.period_max, d.bos, "sequence",
+                         seed=cfg.train.seed + EVAL_SEED_OFFSET)
+    batches = gen.fixed_set(n)
+    return (torch.cat([b.tokens for b in batches]), torch.cat([b.periods for b in batches]),
+            torch.cat([b.induction_mask for b in batches]))
+
+
+def _roles(model, cfg, tokens, periods):
+    s = head_scores(model, tokens, periods, cfg.data.bos)
+    return s, classify_heads(s["previous_token"], s["prefix_matching"], s["current_token"])
+
+
+def _acc(study, kind, unit):
+    return study[kind][unit]["induction_accuracy"]
+
+
+def _near_zero(iv, margin):
+    return -margin < iv["low"] and iv["high"] < margin
+
+
+@pytest.fixture(scope="module")
+def study_2l(trained_2l):
+    """Groups only (no single heads), all kinds, 256 held-out sequences of the ``trained_2l`` run."""
+    cfg, model, _, _ = trained_2l
+    tokens, periods, mask = _held_out(cfg, 256)
+    _, roles = _roles(model, cfg, tokens, periods)
+    groups = role_groups(roles)
+    return roles, groups, ablation_study(model, tokens, mask, groups, heads=[], batch=32)
+
+
+def test_previous_token_heads_carry_induction_through_layer_1_patterns(study_2l):
+    """Zero/mean-ablating the layer-0 previous-token heads of induction-2l destroys induction:
+    the whole interval lies below minus half the clean accuracy. Pattern-preserving ablation of
+    the same heads (layer-1 patterns frozen) changes nothing: their role is to shape where the
+    layer-1 heads attend (K-composition)."""
+    _, groups, st = study_2l
+    assert groups.get("L0 previous_token"), groups
+    clean = st["clean"]["induction_accuracy"]["mean"]
+    assert clean > 0.9
+    for kind in ("zero", "mean"):
+        assert _acc(st, kind, "L0 previous_token")["high"] < -0.5 * clean, kind
+        assert _acc(st, kind, "L1 induction")["high"] < -0.5 * clean, kind
+    assert _near_zero(_acc(st, "pattern_preserving", "L0 previous_token"), 0.02)
+
+
+@pytest.fixture(scope="module")
+def trained_8h(tmp_path_factory):
+    """``induction-2l-8h`` (8 heads per layer) made cheap: n_ctx 64, 400 steps, one full evaluation
+    (about 15-25 s on one or two CPU cores). Returns ``(cfg, model, scores, roles, study)``: the study
+    covers the layer-1 heads one at a time and every role group, zero and mean, 128 sequences."""
+    from inductionlab.evaluation import load_run
+    from inductionlab.train import train
+
+    out = tmp_path_factory.mktemp("induction-2l-8h") / "run"
+    cfg = load_config("induction-2l-8h", ["model.n_ctx=64", "train.steps=400", "train.eval_every=400",
+                                          "train.log_evals=0", 'train.full_metrics="final"',
+                                          "data.eval_sequences=16", "train.seed=0"])
+    train(cfg, out, progress=False)
+    cfg, model = load_run(out)
+    tokens, periods, mask = _held_out(cfg, 128)
+    scores, roles = _roles(model, cfg, tokens, periods)
+    layer1 = [(1, h) for h in range(cfg.model.n_heads)]
+    study = ablation_study(model, tokens, mask, role_groups(roles), kinds=("zero", "mean"), heads=layer1, batch=16)
+    return cfg, model, scores, roles, study
+
+
+def test_layer0_previous_token_heads_matter_and_unspecialised_heads_do_not(trained_8h):
+    """Both directions in layer 0: the previous-token heads together destroy induction; the heads
+    that are neither previous-token nor current-token heads, together, change accuracy by less
+    than 0.05 (whole interval)."""
+    _, _, _, roles, st = trained_8h
+    assert "L0 previous_token" in st["groups"] and "L0 other" in st["groups"], roles
+    clean = st["clean"]["induction_accuracy"]["mean"]
+    assert clean > 0.9
+    for kind in ("zero", "mean"):
+        prev, other = _acc(st, kind, "L0 previous_token"), _acc(st, kind, "L0 other")
+        assert prev["high"] < -0.5 * clean, (kind, prev)
+        assert _near_zero(other, 0.05), (kind, other)
+
+
+def test_layer1_induction_head_costs_more_than_a_non_induction_head(trained_8h):
+    """Not every layer-1 head is an induction head here. Ablating the one with the highest
+    prefix-matching score costs more accuracy than ablating any layer-1 non-induction head
+    (intervals separated); the non-induction heads together cost ~nothing, the induction heads
+    together destroy induction."""
+    cfg, _, scores, roles, st = trained_8h
+    pm = scores["prefix_matching"][1].tolist()
+    others = [h for h in range(cfg.model.n_heads) if roles[(1, h)] == "other"]
+    assert others and max(pm) >= INDUCTION_THRESHOLD, pm
+    top = max(range(len(pm)), key=lambda h: pm[h])
+    clean = st["clean"]["induction_accuracy"]["mean"]
+    for kind in ("zero", "mean"):
+        best = _acc(st, kind, f"L1H{top}")
+        assert all(best["high"] < _acc(st, kind, f"L1H{h}")["low"] for h in others), (kind, best)
+        assert _near_zero(_acc(st, kind, "L1 other"), 0.03), kind
+        assert _acc(st, kind, "L1 induction")["high"] < -0.5 * clean, kind
+
+
+def test_cli_eval_ablation_prints_intervals(trained_2l, capsys):
+    _, _, run_dir, _ = trained_2l
+    assert main(["eval", str(run_dir), "--ablation", "--sequences", "16"]) == 0
+    text = capsys.readouterr().out
+    assert "16 sequences" in text and "95% percentile-bootstrap interval" in text
+    assert "L0 previous_token (" in text and "delta induction_loss" in text
+    assert main(["eval", str(run_dir), "--ablation", "--sequences", "16", "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["sequences"] == 16 and j["step"] == 600 and set(KINDS) <= set(j)
+    iv = j["zero"]["L0H0"]["induction_accuracy"]
+    assert iv["low"] <= iv["mean"] <= iv["high"]
+    assert main(["eval", str(run_dir), "--ablation", "--sequences", "1"]) == 2

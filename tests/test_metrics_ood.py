@@ -10,6 +10,8 @@ from inductionlab.metrics.ood import (
     accuracy_by_length,
     accuracy_by_period,
     confusing_repeat_batch,
+    confusing_repeat_reference,
+    one_token_induction_accuracy,
 )
 from inductionlab.models import build_model
 
@@ -50,3 +52,30 @@ def test_confusing_repeat_structure():
         assert len(phases) == 2
         i, j = phases
         assert r[n, i] == r[n, j] and r[n, i + 1] != r[n, j + 1]  # same token, different successors
+
+
+def test_one_token_induction_reference_on_a_hand_built_sequence():
+    # [BOS] a b a c | a b a c | a b a c  (period 4: 'a' at phases 0 and 2, successors b and c)
+    a, b, c = 1, 2, 3
+    tokens = torch.tensor([[0] + [a, b, a, c] * 3])
+    every = torch.ones(1, 12, dtype=torch.bool)
+    amb = torch.zeros(1, 12, dtype=torch.bool)
+    amb[0, [5, 7, 9, 11]] = True  # predictions made at 'a' from the second copy on
+    # position 5 ('a', phase 0 of copy 2): earlier a's at 1, 3 -> successors b, c: a tie -> 1/2
+    # position 7 ('a', phase 2): earlier a's at 1, 3, 5 -> b, c, b -> predicts b, target c -> 0
+    # position 9: a's at 1, 3, 5, 7 -> b, c, b, c: tie -> 1/2; position 11: b wins again -> 0
+    assert one_token_induction_accuracy(tokens, amb, 4, "uniform") == 0.25
+    # most recent earlier 'a' is always the other phase's -> always wrong
+    assert one_token_induction_accuracy(tokens, amb, 4, "recent") == 0.0
+    # on the unambiguous tokens b and c it is perfect from the second copy on
+    clean = torch.zeros(1, 12, dtype=torch.bool)
+    clean[0, [6, 8, 10]] = True
+    assert one_token_induction_accuracy(tokens, clean, 4, "recent") == 1.0
+    assert one_token_induction_accuracy(tokens, clean, 4, "uniform") == 1.0
+    assert one_token_induction_accuracy(tokens, every, 4, "uniform") < 1.0
+
+
+def test_confusing_repeat_reference_is_well_below_one_half():
+    ref = confusing_repeat_reference(256, 80, 24, n=64)
+    assert 0.15 <= ref["one_token_uniform"] <= 0.35
+    assert ref["one_token_recent"] <= 0.05

@@ -102,7 +102,8 @@ def cmd_train(args) -> int:
 
 def _summary_text(s: dict) -> str:
     lines = [f"run: {s['run_dir']}", f"steps: {s['steps']}  seconds: {s['seconds']}"]
-    for key in ("induction_accuracy", "induction_loss", "val_loss", "val_accuracy", "icl_score"):
+    for key in ("induction_accuracy", "induction_loss", "first_period_loss", "val_loss", "val_accuracy",
+                "icl_score"):
         if key in s:
             lines.append(f"{key}: {s[key]:.4f}")
     for key, label in (("best_previous_token_head", "previous-token head"), ("best_induction_head", "induction head")):
@@ -115,6 +116,10 @@ def _summary_text(s: dict) -> str:
 def cmd_eval(args) -> int:
     from .evaluation import evaluate_run
 
+    if args.ablation:
+        return _eval_ablation(args)
+    if args.sequences is not None:
+        raise CLIError("--sequences goes with --ablation")
     result = evaluate_run(Path(args.run_dir), checkpoints=args.checkpoints)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -136,10 +141,42 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _eval_ablation(args) -> int:
+    from .evaluation import ablation_study_run
+    from .metrics import ablation as ab
+
+    if args.checkpoints != "last":
+        raise CLIError("--ablation studies the last checkpoint only (drop --checkpoints)")
+    result = ablation_study_run(Path(args.run_dir), sequences=256 if args.sequences is None else args.sequences)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"ablation study of {result['run_dir']} at step {result['step']}")
+    print(f" roles: first layer previous_token if previous-token score >= {ab.PREVIOUS_TOKEN_THRESHOLD}, else "
+          f"current_token if current-token score >= {ab.CURRENT_TOKEN_THRESHOLD}; later layers induction if "
+          f"prefix-matching score >= {ab.INDUCTION_THRESHOLD}; otherwise other")
+    sc = result["scores"]
+    first = min(sc["previous_token"], key=int)
+    for layer in sc["previous_token"]:
+        for key in ("previous_token", "current_token") if layer == first else ("prefix_matching",):
+            print(f"  L{layer} {key.replace('_', '-')} score: "
+                  + "  ".join(f"H{h}={v:.2f}" for h, v in enumerate(sc[key][layer])))
+    print(ab.format_ablation_study(result, result["roles"]))
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .compare import compare_runs, format_table
 
     print(format_table(compare_runs([Path(r) for r in args.run_dirs])))
+    return 0
+
+
+def cmd_phase(args) -> int:
+    from .metrics.seeds import find_run_dirs, format_phase_table, phase_across_seeds
+
+    result = phase_across_seeds(find_run_dirs(args.run_dirs))
+    print(json.dumps(result, indent=1) if args.json else format_phase_table(result))
     return 0
 
 
@@ -160,6 +197,14 @@ def cmd_animate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_transformer_lens
+
+    out = export_transformer_lens(Path(args.run_dir), Path(args.out), step=args.step)
+    print(f"exported: {out / 'config.json'}, {out / 'model.safetensors'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="inductionlab", description="Train small transformers and watch induction heads form.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -176,10 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--checkpoints", default="last", help="'last' (default) or 'all'")
     ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.add_argument("--ablation", action="store_true",
+                    help="ablation study with 95%% intervals: every head and every role group, zero/mean/"
+                         "pattern-preserving, on fresh held-out sequences (last checkpoint)")
+    ev.add_argument("--sequences", type=int, help="held-out sequences for --ablation (default 256)")
     ev.set_defaults(func=cmd_eval)
     cp = sub.add_parser("compare", help="compare finished runs side by side")
     cp.add_argument("run_dirs", nargs="+")
     cp.set_defaults(func=cmd_compare)
+    ph = sub.add_parser("phase", help="which curve changes first: phase-change steps and lags with 95%% "
+                                      "t-intervals over runs (e.g. the seeds of --seeds)")
+    ph.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                    help="run directories, or a --seeds output directory holding seed_*/ runs")
+    ph.add_argument("--json", action="store_true", help="print JSON")
+    ph.set_defaults(func=cmd_phase)
     rp = sub.add_parser("report", help="write a self-contained offline HTML report of one or more runs")
     rp.add_argument("run_dirs", nargs="+")
     rp.add_argument("-o", "--output", help="HTML file (default RUN_DIR/report.html of the first run)")
@@ -189,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("run_dir")
     an.add_argument("-o", "--output", help="GIF file (default RUN_DIR/attention.gif)")
     an.set_defaults(func=cmd_animate)
+    ex = sub.add_parser("export", help="export a run's checkpoint to another library (TransformerLens)")
+    ex.add_argument("run_dir")
+    ex.add_argument("--to", required=True, choices=["transformer-lens"], help="target format")
+    ex.add_argument("--out", required=True, help="new (or empty) directory for config.json + model.safetensors")
+    ex.add_argument("--step", type=int, help="checkpoint step (default: the last checkpoint)")
+    ex.set_defaults(func=cmd_export)
     pr = sub.add_parser("presets", help="list the built-in recipes")
     pr.set_defaults(func=cmd_presets)
     return p

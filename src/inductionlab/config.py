@@ -106,6 +106,9 @@ class TrainConfig:
     #: evaluate every ``eval_every`` steps, plus ``log_evals`` log-spaced early steps
     eval_every: int = 100
     log_evals: int = 10
+    #: measure the phase-change curves on the device every ``track_every`` steps and write them to
+    #: tracking.jsonl at the evaluations (metrics/tracking.py; repeat data only); 0 = off
+    track_every: int = 5
     #: stop as soon as held-out induction accuracy reaches this (0 = never)
     target_accuracy: float = 0.0
     #: which positions the training loss covers: all, or only those a perfect induction
@@ -304,6 +307,7 @@ def validate(cfg: Config) -> None:
     _check(t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 = off)")
     _check(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
     _check(t.log_evals >= 0, "train.log_evals must be >= 0")
+    _check(t.track_every >= 0, f"train.track_every must be >= 0 (0 = off), got {t.track_every}")
     _check(0 <= t.target_accuracy <= 1, "train.target_accuracy must be in [0, 1]")
     _check(t.full_metrics in ("log", "all", "final"), f"train.full_metrics must be log, all or final, got '{t.full_metrics}'")
     _check(t.full_evals >= 1, "train.full_evals must be >= 1")

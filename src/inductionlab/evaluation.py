@@ -89,3 +89,40 @@ def evaluate_run(run_dir: Path, checkpoints: str = "last", device: str = "cpu") 
         rec = {"step": checkpoint_step(ck), **task.evaluate(model), **task.analyze(model)}
         out.append(rec)
     return {"run_dir": str(run_dir), "checkpoints": out}
+
+
+def ablation_study_run(run_dir: Path, sequences: int = 256, step: int | None = None, device: str = "cpu",
+                       batch: int = 16, seed: int = 0) -> dict[str, Any]:
+    """:func:`metrics.ablation.ablation_study` of a repeated-token run at its last checkpoint (or
+    ``step``): ``sequences`` fresh held-out sequences (the evaluation generator, seed
+    ``train.seed + EVAL_SEED_OFFSET``, per-sequence periods), every head and every role group
+    (:func:`metrics.ablation.classify_heads` on the per-head scores of the same sequences)
+    ablated. Adds ``run_dir``, ``step``, ``scores`` (``{score: {layer: [head]}}``) and ``roles``
+    (``{"L0H0": role}``) to the study's dict."""
+    from .data.synthetic import EVAL_SEED_OFFSET, RepeatedTokens
+    from .metrics.ablation import ablation_study, classify_heads, head_scores, role_groups
+
+    if sequences < 2:
+        raise EvalError(f"--sequences must be >= 2, got {sequences}")
+    cfg = load_run_config(run_dir)
+    if cfg.data.kind != "repeat":
+        raise EvalError(f"{run_dir} is a {cfg.data.kind} run; the ablation study needs repeated-token data")
+    cks = list_checkpoints(run_dir)
+    cfg, model = load_run(run_dir, step, device)
+    m, d = cfg.model, cfg.data
+    if not model.attention_layers:
+        raise EvalError(f"{run_dir}: the model has no attention layer to ablate")
+    held_out = RepeatedTokens(m.vocab_size, m.n_ctx, d.period_min, d.period_max, d.bos, "sequence", device,
+                              seed=cfg.train.seed + EVAL_SEED_OFFSET)
+    batches = held_out.fixed_set(sequences)
+    tokens = torch.cat([b.tokens for b in batches])
+    mask = torch.cat([b.induction_mask for b in batches])
+    scores = head_scores(model, tokens, torch.cat([b.periods for b in batches]), d.bos)
+    roles = classify_heads(scores["previous_token"], scores["prefix_matching"], scores["current_token"])
+    study = ablation_study(model, tokens, mask, role_groups(roles), batch=batch, seed=seed)
+    return {"run_dir": str(run_dir),
+            "step": step if step is not None else checkpoint_step(cks[-1]),
+            "scores": {k: {str(layer): [round(float(v), 4) for v in t] for layer, t in s.items()}
+                       for k, s in scores.items()},
+            "roles": {f"L{layer}H{h}": r for (layer, h), r in roles.items()},
+            **study}

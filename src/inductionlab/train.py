@@ -24,8 +24,9 @@ from .config import Config, dump_toml
 from .data.synthetic import EVAL_SEED_OFFSET, RepeatedTokens
 from .errors import UserError
 from .metrics.evaluate import evaluate_repeat
-from .metrics.phase import phase_from_log
+from .metrics.phase import phase_from_run
 from .metrics.suite import analyze_repeat
+from .metrics.tracking import Tracker
 from .models import Transformer, build_model
 
 
@@ -212,6 +213,7 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None) ->
     atomic_write_text(run_dir / "config.toml", dump_toml(cfg))
 
     task = make_task(cfg, device)
+    tracker = Tracker(cfg, device)  # phase-change curves every train.track_every steps, on the device
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     use_amp = device.type == "cuda" and t.amp != "none"
@@ -257,6 +259,7 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None) ->
             scaler.update()
             opt.zero_grad(set_to_none=True)
             sched.step()
+            tracker.track(model, step)  # no host sync
             if bar is not None:
                 bar.update(1)
             if step in evals:
@@ -280,6 +283,7 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None) ->
                     if step != t.steps and not stop:
                         save_checkpoint(run_dir, step, model, meta)
                 log_fh.write(json.dumps(last) + "\n")
+                tracker.flush(run_dir / "tracking.jsonl")  # the host copy, at the evaluation point
                 records.append(last)
                 log_fh.flush()
                 if bar is not None:
@@ -293,8 +297,9 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None) ->
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
+    tracker.flush(run_dir / "tracking.jsonl")
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "task": task.state_dict(),
-             "scaler": scaler.state_dict()}
+             "scaler": scaler.state_dict(), "tracker": tracker.state_dict()}
     save_checkpoint(run_dir, step, model, meta, state)
     summary = {
         "name": cfg.name,
@@ -306,7 +311,7 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None) ->
         "tokens_seen": step * t.grad_accum * t.batch_size * cfg.model.n_ctx,
         "device": str(device),
         "reached_target_at": reached_at,
-        "phase_change": phase_from_log(records),
+        "phase_change": phase_from_run(records, tracker.records),
         **{k: v for k, v in last.items() if k not in ("step", "seconds", "loss_by_position")},
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")

@@ -1,15 +1,19 @@
 """Copying score and OV eigenvalue positivity of each attention head (weights only).
 
-Both read the *direct path* token -> ``W_E`` -> head OV (``W_V W_O``) -> ``W_U``, ignoring
-LayerNorm scales, positions and other layers (the standard weight-based convention).
+Both read the *direct path* token -> ``W_E`` -> head OV (``W_V W_O``) -> ``W_U`` with LayerNorm
+folded in as TransformerLens's ``fold_ln`` does it (:func:`inductionlab.metrics.fold.fold_layer_norm`:
+LayerNorm scales and biases folded into the adjacent weights, ``W_E``/``W_O`` centred; the identity
+for a model without LayerNorm), ignoring positions, LayerNorm's per-position 1/std and other layers.
 
-* **copying score** (Olsson et al. 2022, appendix): for ``n_tokens`` random non-BOS tokens ``t``,
+* **copying ratio** (Olsson et al. 2022, appendix): for ``n_tokens`` random non-BOS tokens ``t``,
   ``logits = W_E[t] W_V W_O W_U``; subtract the mean logit; ReLU; ``ratio = relu[t] / sum(relu)``
   (the share of the positive logit mass that lands on the attended token itself); averaged over the
   tokens. By symmetry a head with no token structure has expected ratio ``chance = 1/d_vocab``.
-  The mean ratio is rescaled piecewise-linearly to ``[-1, 1]`` *relative to chance*:
-  ``0`` at chance, ``+1`` when every token puts all its positive logit on itself, ``-1`` when the
-  attended token never gets a positive (above-mean) logit (an anti-copying head).
+* **copying score** ``(ratio - chance) / (ratio + chance) = tanh(ln(ratio / chance) / 2)``, in
+  ``(-1, 1)``: 0 at chance, symmetric in the *factor* over chance (k times chance and 1/k times
+  chance give +s and -s; 3x -> +0.5, 9x -> +0.8), -1 when the attended token never gets an
+  above-mean logit. One monotone map on both sides of chance (the old piecewise-linear rescaling
+  had a slope 1/(1-c) above chance and 1/c below it, so +0.03 and -0.9 meant the same factor).
 * **OV positivity**: ``sum(lambda) / sum(|lambda|)`` over the eigenvalues of the full OV circuit
   ``W_E W_V W_O W_U`` (``d_vocab x d_vocab``), real parts in the numerator. The nonzero eigenvalues
   of ``AB`` equal those of ``BA``, so they are taken from the ``d_head x d_head`` product
@@ -20,15 +24,23 @@ from __future__ import annotations
 
 import torch
 
+from .fold import fold_layer_norm
+
 
 def head_ov(attn) -> torch.Tensor:
     """``[n_heads, d_model, d_model]``: ``W_V[h] @ W_O[h]`` (row-vector convention ``x @ W``)."""
     return attn.W_V @ attn.W_O
 
 
-def rescale_ratio(ratio: torch.Tensor, chance: float) -> torch.Tensor:
-    """Map a ratio in ``[0, 1]`` to ``[-1, 1]``: ``0 -> -1``, ``chance -> 0``, ``1 -> 1`` (linear on each side)."""
-    return torch.where(ratio >= chance, (ratio - chance) / (1 - chance), (ratio - chance) / chance)
+def copying_chance(d_vocab: int) -> float:
+    """Expected copying ratio of a head with no token structure: ``1 / d_vocab``."""
+    return 1.0 / d_vocab
+
+
+def ratio_to_score(ratio: torch.Tensor, chance: float) -> torch.Tensor:
+    """``(ratio - chance) / (ratio + chance)``: 0 at chance, -1 at ratio 0, ``+s``/``-s`` at k and
+    1/k times chance (``= tanh(ln(ratio / chance) / 2)``, monotone increasing)."""
+    return (ratio - chance) / (ratio + chance)
 
 
 def copying_ratio(W_E: torch.Tensor, W_OV: torch.Tensor, W_U: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -46,8 +58,8 @@ def copying_ratio(W_E: torch.Tensor, W_OV: torch.Tensor, W_U: torch.Tensor, toke
 
 
 def copying_score(W_E: torch.Tensor, W_OV: torch.Tensor, W_U: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``[n_heads]`` copying score in ``[-1, 1]`` (0 = chance); see the module docstring."""
-    return rescale_ratio(copying_ratio(W_E, W_OV, W_U, tokens), 1.0 / W_U.shape[-1])
+    """``[n_heads]`` copying score in ``[-1, 1)`` (0 = chance); see the module docstring."""
+    return ratio_to_score(copying_ratio(W_E, W_OV, W_U, tokens), copying_chance(W_U.shape[-1]))
 
 
 def sample_tokens(d_vocab: int, n: int = 200, seed: int = 0, first: int = 1) -> torch.Tensor:
@@ -75,14 +87,23 @@ def ov_positivity_heads(W_E: torch.Tensor, W_V: torch.Tensor, W_O: torch.Tensor,
 
 
 @torch.no_grad()
+def copying_ratios(model, n_tokens: int = 200, seed: int = 0, bos: bool = True) -> dict[int, torch.Tensor]:
+    """``{layer: [head]}`` raw copying ratio of every attention layer (LayerNorm folded); compare
+    with :func:`copying_chance` of ``d_vocab``."""
+    w = fold_layer_norm(model)
+    toks = sample_tokens(w.W_E.shape[0], n_tokens, seed, first=1 if bos else 0).to(w.W_E.device)
+    return {layer: copying_ratio(w.W_E, head_ov(attn), w.W_U, toks) for layer, attn in w.attention_layers}
+
+
+@torch.no_grad()
 def copying_scores(model, n_tokens: int = 200, seed: int = 0, bos: bool = True) -> dict[int, torch.Tensor]:
-    """``{layer: [head]}`` copying score of every attention layer."""
-    toks = sample_tokens(model.W_E.shape[0], n_tokens, seed, first=1 if bos else 0).to(model.W_E.device)
-    return {layer: copying_score(model.W_E, head_ov(attn), model.W_U, toks) for layer, attn in model.attention_layers}
+    """``{layer: [head]}`` copying score (:func:`ratio_to_score` of the ratio) of every attention layer."""
+    chance = copying_chance(model.W_U.shape[-1])
+    return {layer: ratio_to_score(r, chance) for layer, r in copying_ratios(model, n_tokens, seed, bos).items()}
 
 
 @torch.no_grad()
 def ov_positivity(model) -> dict[int, torch.Tensor]:
-    """``{layer: [head]}`` OV eigenvalue positivity of every attention layer."""
-    return {layer: ov_positivity_heads(model.W_E, attn.W_V, attn.W_O, model.W_U)
-            for layer, attn in model.attention_layers}
+    """``{layer: [head]}`` OV eigenvalue positivity of every attention layer (LayerNorm folded)."""
+    w = fold_layer_norm(model)
+    return {layer: ov_positivity_heads(w.W_E, attn.W_V, attn.W_O, w.W_U) for layer, attn in w.attention_layers}

@@ -15,11 +15,15 @@ from .induction import token_correct, token_losses
 def evaluate_repeat(model, batches: list[RepeatBatch], bos: bool = True, head_scores: bool = True,
                     score_sequences: int = 32) -> dict[str, Any]:
     """Held-out metrics. Accuracy/loss are exact means over all induction positions of all
-    ``batches``; per-head scores use the first ``score_sequences`` sequences."""
+    ``batches``; ``first_period_loss`` is the mean loss over every other prediction (the first
+    period, whose targets no circuit can predict: uniform guessing over the non-BOS tokens gives
+    ln(d_vocab - 1)); per-head scores use the first ``score_sequences`` sequences."""
     was_training = model.training
     model.eval()
     correct = total = 0.0
     loss_sum = torch.zeros((), device=batches[0].tokens.device)
+    other_sum = torch.zeros_like(loss_sum)
+    other = 0.0
     by_pos = None
     for b in batches:
         logits = model(b.tokens)
@@ -28,11 +32,14 @@ def evaluate_repeat(model, batches: list[RepeatBatch], bos: bool = True, head_sc
         losses = token_losses(logits, b.tokens)
         loss_sum = loss_sum + (losses * m).sum()
         total = total + m.sum()
+        other_sum = other_sum + (losses * ~m).sum()
+        other = other + (~m).sum()
         by_pos = losses.sum(0) if by_pos is None else by_pos + losses.sum(0)
     n_seq = sum(b.tokens.shape[0] for b in batches)
     out: dict[str, Any] = {
         "induction_accuracy": float(correct / total),
         "induction_loss": float(loss_sum / total),
+        "first_period_loss": float(other_sum / other),
         "loss_by_position": [round(float(x), 4) for x in (by_pos / n_seq)],
     }
     if head_scores:

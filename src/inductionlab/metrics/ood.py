@@ -103,9 +103,55 @@ def confusing_repeat_batch(vocab_size: int, seq_len: int, period: int, n: int, b
 
 def confusing_repeat_accuracy(model, vocab_size: int, seq_len: int, period: int, bos: bool = True,
                               n: int = 64, seed: int = OOD_SEED) -> float:
-    """Accuracy at the ambiguous predictions of :func:`confusing_repeat_batch` (a one-token
-    induction head that splits its attention gets about 0.5; a model matching longer prefixes
-    can reach 1)."""
+    """Accuracy at the ambiguous predictions of :func:`confusing_repeat_batch`. A model matching
+    the longer prefix (previous token too) can reach 1; what one-token induction gets there is
+    :func:`one_token_induction_accuracy` (about 0.25 when it weighs every earlier occurrence
+    equally, 0 when it follows the most recent one)."""
     device = next(model.parameters()).device
     tokens, amb = confusing_repeat_batch(vocab_size, seq_len, period, n, bos, seed, device)
     return _run(model, lambda: float(induction_accuracy(model(tokens), tokens, amb)))
+
+
+def one_token_induction_accuracy(tokens: torch.Tensor, mask: torch.Tensor, vocab_size: int,
+                                 rule: str = "uniform") -> float:
+    """Accuracy at the ``mask``ed predictions (``[n, seq-1]``) of an ideal *one-token* induction
+    predictor on ``tokens [n, seq]``: it looks up every earlier occurrence ``j < i`` of the token at
+    ``i`` and predicts a successor ``tokens[j + 1]``.
+
+    * ``"uniform"``: the successor seen most often (attention spread evenly over the earlier
+      occurrences); a tie between ``k`` successors counts ``1/k`` if the target is among them.
+    * ``"recent"``: the successor of the most recent earlier occurrence.
+
+    A prediction with no earlier occurrence counts 0. On :func:`confusing_repeat_batch` this is
+    the reference level of the ``confusing_repeat`` score: at phase ``i`` of a later copy the two
+    successors tie, at phase ``j`` the wrong one (after phase ``i``) has one more occurrence, so
+    ``"uniform"`` gets about 0.25 and ``"recent"`` 0."""
+    n, t = tokens.shape
+    q = torch.arange(t - 1)
+    earlier = (q[None, :, None] > q[None, None, :])  # key j < query i (so j + 1 <= i)
+    same = (tokens[:, :-1, None] == tokens[:, None, :-1]) & earlier  # [n, i, j]
+    succ = tokens[:, 1:]  # successor of position j
+    target = tokens[:, 1:]  # target of the prediction made at i
+    if rule == "uniform":
+        onehot = torch.nn.functional.one_hot(succ, vocab_size).float()  # [n, j, V]
+        counts = same.float() @ onehot  # [n, i, V]
+        top = counts.max(-1, keepdim=True).values
+        tied = (counts == top) & (top > 0)
+        credit = tied.gather(-1, target[..., None])[..., 0].float() / tied.sum(-1).clamp_min(1)
+    elif rule == "recent":
+        last = torch.where(same, q[None, None, :], -1).max(-1).values  # [n, i]
+        pred = succ.gather(1, last.clamp_min(0))
+        credit = ((pred == target) & (last >= 0)).float()
+    else:
+        raise ValueError(f"rule must be 'uniform' or 'recent', got {rule!r}")
+    m = mask.float()
+    return float((credit * m).sum() / m.sum().clamp_min(1))
+
+
+def confusing_repeat_reference(vocab_size: int, seq_len: int, period: int, bos: bool = True, n: int = 64,
+                               seed: int = OOD_SEED) -> dict[str, float]:
+    """``{"one_token_uniform", "one_token_recent"}``: what one-token induction scores on the very
+    batch :func:`confusing_repeat_accuracy` uses (the level a longer-prefix model must beat)."""
+    tokens, amb = confusing_repeat_batch(vocab_size, seq_len, period, n, bos, seed)
+    return {f"one_token_{rule}": one_token_induction_accuracy(tokens, amb, vocab_size, rule)
+            for rule in ("uniform", "recent")}

@@ -19,6 +19,15 @@ Method (``change_point``):
 
 Steps are returned as logged steps (the change point is the logged step nearest to it in log space);
 ``step_interp`` is the change point on the interpolation grid itself (finer than the log).
+
+Densely tracked curves (tracking.jsonl, every ``train.track_every`` steps) go through
+``change_point_tracked``: the log-grid method above only supplies the direction and a coarse
+window; the change step is the centre of a logistic least-squares fitted on *linear* steps near
+the change (on dense noisy curves the log-grid slope maximum is biased late, d/dlog s = s d/ds,
+and jumps by several intervals with noise; tests/test_metrics_phase.py measures both).
+``phase_from_run`` (summary.json's ``phase_change``) uses the tracked curves where present and the
+logged ones otherwise, with each curve's resolution, and ``phase_statistics`` compares the change
+steps of several runs (seeds): mean, 95% t-interval, pairwise lags and which curve moves first.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import math
 from typing import Any, Iterable
 
 import numpy as np
+
+from .stats import mean_ci
 
 GRID = 200
 SMOOTH = 0.05
@@ -128,3 +139,225 @@ def phase_from_log(records: list[dict], curves: Iterable[str] | None = None) -> 
         local = [g for x, g in zip(all_steps[1:], gaps) if lo <= x <= hi + max(gaps or [0])]
         out["eval_interval"] = max(local) if local else (max(gaps) if gaps else 0)
     return out
+
+
+# --------------------------------------------------------------------------- tracked curves
+#: the curves of tracking.jsonl (metrics/tracking.py); pairwise lags are reported between these
+TRACKED = ("previous_token", "prefix_matching", "induction_loss", "icl_score")
+#: a tracked (dense, noisy) curve's change, and its bump, must exceed this many noise standard
+#: deviations
+NOISE_SIGMAS = 5
+#: sub-steps per tracking interval of the grid the logistic centre is searched on
+FIT_SUBSTEPS = 10
+FIT_WIDTHS = 40
+
+
+def _sorted_finite(steps: Iterable[float], values: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(list(steps), dtype=float)
+    v = np.asarray(list(values), dtype=float)
+    ok = np.isfinite(s) & np.isfinite(v) & (s > 0)
+    order = np.argsort(s[ok], kind="stable")
+    return s[ok][order], v[ok][order]
+
+
+def step_resolution(steps: Iterable[float], step: float) -> int | float:
+    """The sampling interval of ``steps`` at ``step``: the larger of the gaps on either side of the
+    sampled step nearest to it (0 with fewer than two steps)."""
+    s = np.unique(np.asarray(list(steps), dtype=float))
+    if len(s) < 2:
+        return 0
+    i = int(np.argmin(np.abs(s - step)))
+    gap = float(max(s[j + 1] - s[j] for j in (i - 1, i) if 0 <= j < len(s) - 1))
+    return int(gap) if gap.is_integer() else gap
+
+
+def fit_logistic(steps: np.ndarray, values: np.ndarray, direction: int, centres: np.ndarray,
+                 widths: np.ndarray) -> tuple[float, float, float, float]:
+    """Least-squares ``values ≈ a + b * sigmoid((steps - c) / w)`` over the grid ``centres x
+    widths`` (``a``, ``b`` in closed form; ``b`` restricted to the sign of ``direction``).
+    Returns ``(c, w, a, b)``. Shapes: ``steps``, ``values`` ``[n]``; ``centres`` ``[C]``;
+    ``widths`` ``[W]``."""
+    x = 1.0 / (1.0 + np.exp(-(steps[None, None, :] - centres[:, None, None]) / widths[None, :, None]))
+    xc = x - x.mean(-1, keepdims=True)  # [C, W, n]
+    yc = values - values.mean()
+    sxx = (xc * xc).sum(-1)
+    sxy = (xc * yc).sum(-1)
+    b = np.where(sxx > 1e-12, sxy / np.maximum(sxx, 1e-12), 0.0)
+    gain = np.where(b * direction > 0, sxy * b, -np.inf)  # SSE = Syy - Sxy^2 / Sxx
+    i, j = np.unravel_index(int(np.argmax(gain)), gain.shape)
+    a = float(values.mean() - b[i, j] * x[i, j].mean())
+    return float(centres[i]), float(widths[j]), a, float(b[i, j])
+
+
+def change_point_tracked(steps: Iterable[float], values: Iterable[float],
+                         bump_tol: float = BUMP_TOL) -> dict[str, Any] | None:
+    """Change point of a densely tracked curve (tracking.jsonl), located in *linear* steps.
+
+    1. :func:`change_point` (log-step grid) gives the direction and a coarse 10%-90% window.
+    2. A logistic ``a + b * sigmoid((step - c) / w)`` is least-squares fitted to the raw points in
+       that window widened by its own width (at least 4 intervals) on each side; ``c`` is searched
+       on a grid of one tracking interval, then of 1/``FIT_SUBSTEPS`` interval within two
+       intervals of the best, ``w`` over ``FIT_WIDTHS`` log-spaced
+       values from 1/4 interval to the neighbourhood's span. ``step_fit = c`` is the step of
+       the fastest change of the fitted curve; ``step`` is the tracked step nearest to it.
+    3. ``window``: the fit's 10%-90% span ``c ± w ln 9``, snapped to tracked steps; ``width`` its
+       length in steps. ``noise``: robust estimate of the curve's point-to-point noise, 1.4826 x the
+       median absolute deviation of its second differences / sqrt(6) (insensitive to the change
+       itself and to a bump, which touch only a few of them).
+       ``bump_size`` as in :func:`change_point` on the raw points inside the window ±1 interval;
+       ``bump`` is flagged when it exceeds ``bump_tol`` *and* the rise exceeds ``NOISE_SIGMAS``
+       noise standard deviations (so tracking noise is not mistaken for a bump).
+    4. ``resolution``: the tracking interval at ``step``; ``relative_resolution`` = resolution /
+       step_fit. ``truncated``: the fit's 10% or 90% point lies outside the tracked steps (e.g. the
+       run stopped at ``train.target_accuracy`` before the curve levelled off): ``step_fit`` is
+       then an extrapolation and should not be trusted.
+
+    Returns None when :func:`change_point` does (too few points, no change) or when the fitted
+    change over the fitted points is within ``NOISE_SIGMAS`` noise standard deviations (a flat,
+    noisy curve)."""
+    s, v = _sorted_finite(steps, values)
+    coarse = change_point(s, v, bump_tol=bump_tol)
+    if coarse is None or len(s) < 5:
+        return None
+    direction = coarse["direction"]
+    gap = float(np.median(np.diff(s)))
+    lo, hi = coarse["window"]
+    pad = max(float(hi - lo), 4 * gap)
+    near = (s >= lo - pad) & (s <= hi + pad)
+    if near.sum() < 5:
+        near = np.ones_like(s, dtype=bool)
+    ls, lv = s[near], v[near]
+    widths = np.geomspace(gap / 4, max(gap / 2, ls[-1] - ls[0]), FIT_WIDTHS)
+    c, _, _, _ = fit_logistic(ls, lv, direction, np.arange(ls[0], ls[-1] + 1e-9, gap), widths)
+    fine = np.arange(max(ls[0], c - 2 * gap), min(ls[-1], c + 2 * gap) + 1e-9, gap / FIT_SUBSTEPS)
+    c, w, a, b = fit_logistic(ls, lv, direction, fine, widths)  # coarse then fine centre grid
+    half = w * math.log(9)
+    nearest = lambda x: float(s[int(np.argmin(np.abs(s - x)))])  # noqa: E731
+    w_lo, w_hi = nearest(c - half), nearest(c + half)
+    d2 = v[:-2] - 2 * v[1:-1] + v[2:]
+    noise = float(1.4826 * np.median(np.abs(d2 - np.median(d2))) / math.sqrt(6))
+    sig = lambda x: 1.0 / (1.0 + math.exp(-(x - c) / w))  # noqa: E731
+    realised = b * (sig(ls[-1]) - sig(ls[0]))  # the fitted change within the fitted points
+    if abs(realised) <= NOISE_SIGMAS * noise:
+        return None  # no change distinguishable from the tracking noise
+    seg_idx = np.nonzero((s >= w_lo - gap) & (s <= w_hi + gap))[0]
+    seg = v[seg_idx] * direction if len(seg_idx) else np.zeros(1)
+    rise = float(np.max(np.maximum.accumulate(seg) - seg))
+    total = float(coarse["change"])
+    bump_size = rise / abs(total)
+    res = step_resolution(s, c)
+    return {"step": int(nearest(c)), "step_fit": round(c, 1), "window": [int(w_lo), int(w_hi)],
+            "width": round(2 * half, 1), "direction": direction, "change": round(total, 5),
+            "fit_change": round(b, 5), "noise": round(noise, 5),
+            "bump": bool(bump_size > bump_tol and rise > NOISE_SIGMAS * noise),
+            "bump_size": round(bump_size, 4),
+            "resolution": res, "relative_resolution": round(res / c, 4) if c > 0 else None,
+            "truncated": bool(c - half < s[0] or c + half > s[-1]),
+            "source": "tracking", "method": "logistic fit on linear steps"}
+
+
+def pairwise_lags(phase: dict[str, Any], curves: Iterable[str] = TRACKED) -> list[dict[str, Any]]:
+    """``[{"a", "b", "lag": step_b - step_a, "resolution"}]`` for every pair of ``curves`` (in
+    that order) present in ``phase``; a positive lag means ``a`` changes first. Uses ``step_fit``
+    where present, else ``step``; ``resolution`` is the coarser of the two curves'."""
+    present = [c for c in curves if isinstance(phase.get(c), dict)]
+    out = []
+    for i, a in enumerate(present):
+        for b in present[i + 1:]:
+            pa, pb = phase[a], phase[b]
+            out.append({"a": a, "b": b, "lag": round(change_step(pb) - change_step(pa), 1),
+                        "resolution": max(pa.get("resolution", 0), pb.get("resolution", 0))})
+    return out
+
+
+def change_step(cp: dict[str, Any]) -> float:
+    """The change step of one curve's result: ``step_fit`` when it was fitted, else ``step``."""
+    return float(cp.get("step_fit", cp["step"]))
+
+
+def phase_from_run(records: list[dict], tracked: list[dict] | None = None) -> dict[str, Any]:
+    """``summary.json["phase_change"]``: :func:`phase_from_log` of the evaluation records, with
+    every curve of ``tracked`` (tracking.jsonl records) replaced by :func:`change_point_tracked`
+    on its dense curve. Each curve gets ``resolution`` / ``relative_resolution`` (for log curves:
+    the evaluation interval at the step) and ``source`` ("tracking" or "metrics"); ``lags`` are the
+    :func:`pairwise_lags` of the tracked curves; ``agreement`` and ``eval_interval`` are
+    recomputed from the tracked curves when present."""
+    out = phase_from_log(records)
+    log_steps = [r["step"] for r in records if "step" in r]
+    for name in CURVES:
+        if isinstance(out.get(name), dict):
+            res = step_resolution(log_steps, out[name]["step"])
+            out[name].update(resolution=res, relative_resolution=round(res / out[name]["step"], 4),
+                             source="metrics")
+    tracked = tracked or []
+    for name in TRACKED:
+        steps, vals = _curve(tracked, lambda r: r[name])
+        cp = change_point_tracked(steps, vals)
+        if cp is not None:
+            out[name] = cp
+    pm, il = out.get("prefix_matching"), out.get("induction_loss")
+    if tracked and isinstance(pm, dict) and isinstance(il, dict):
+        out["agreement"] = abs(pm["step"] - il["step"])
+        out["eval_interval"] = max(pm["resolution"], il["resolution"])
+    out["source"] = "tracking.jsonl" if tracked else "metrics.jsonl"
+    out["lags"] = pairwise_lags(out)
+    return out
+
+
+# --------------------------------------------------------------------------- across runs
+def t_interval(values: Iterable[float], level: float = 0.95) -> dict[str, Any]:
+    """``{"mean", "ci": [lo, hi] (None for fewer than 2 values), "n", "values"}``: the t-interval
+    ``mean ± t_{(1+level)/2, n-1} * sd / sqrt(n)`` of the finite ``values`` (steps, rounded to 0.01)."""
+    xs = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    mean, half, n = mean_ci(xs, level)
+    if not n:
+        return {"mean": None, "ci": None, "n": 0, "values": []}
+    ci = [round(mean - half, 2), round(mean + half, 2)] if n >= 2 else None
+    return {"mean": round(mean, 2), "ci": ci, "n": n, "values": xs}
+
+
+def lag_verdict(a: str, b: str, ci: list[float] | None) -> str:
+    """``"<a> first"`` when the interval of ``step_b - step_a`` lies above 0, ``"<b> first"`` when
+    below, ``"together"`` when it contains 0, ``"undetermined"`` without an interval."""
+    if ci is None:
+        return "undetermined"
+    if ci[0] > 0:
+        return f"{a} first"
+    if ci[1] < 0:
+        return f"{b} first"
+    return "together"
+
+
+def phase_statistics(phases: list[dict[str, Any]], curves: Iterable[str] = TRACKED,
+                     level: float = 0.95) -> dict[str, Any]:
+    """Which curve changes first, over runs (e.g. seeds): ``phases`` are :func:`phase_from_run`
+    dicts, one per run. Returns ``{"n_runs", "level", "sources", "curves": {curve: t_interval of
+    the change steps + "resolution" / "relative_resolution" (largest over runs) + "truncated"
+    (number of runs whose curve was cut before it levelled off)}, "lags": [{"a",
+    "b", t_interval of step_b - step_a, "verdict"}], "ordering": "a < b ≈ c ..."}``. In
+    ``ordering`` curves are sorted by mean change step; ``<`` means the lag between neighbours
+    has an interval above 0, ``≈`` that it contains 0 (together) or is undetermined."""
+    names = [c for c in curves if any(isinstance(p.get(c), dict) for p in phases)]
+    per_curve: dict[str, Any] = {}
+    for c in names:
+        cps = [p[c] for p in phases if isinstance(p.get(c), dict)]
+        st = t_interval((change_step(cp) for cp in cps), level)
+        st["resolution"] = max((cp.get("resolution", 0) for cp in cps), default=0)
+        st["relative_resolution"] = max((cp.get("relative_resolution") or 0 for cp in cps), default=0)
+        st["truncated"] = sum(bool(cp.get("truncated")) for cp in cps)
+        per_curve[c] = st
+    lags = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            vals = [change_step(p[b]) - change_step(p[a]) for p in phases
+                    if isinstance(p.get(a), dict) and isinstance(p.get(b), dict)]
+            st = t_interval(vals, level)
+            lags.append({"a": a, "b": b, **st, "verdict": lag_verdict(a, b, st["ci"])})
+    order = sorted(names, key=lambda c: per_curve[c]["mean"])
+    verdicts = {(g["a"], g["b"]): g["verdict"] for g in lags}
+    ordering = order[0] if order else ""
+    for x, y in zip(order, order[1:]):
+        v = verdicts.get((x, y)) or verdicts.get((y, x))
+        ordering += f" {'<' if v == f'{x} first' else '≈'} {y}"
+    return {"n_runs": len(phases), "level": level, "sources": sorted({p.get("source", "?") for p in phases}),
+            "curves": per_curve, "lags": lags, "ordering": ordering}

@@ -2,6 +2,8 @@
 
 ``inductionlab train PRESET --seeds 0-4`` trains each seed into ``RUN_DIR/seed_K`` and calls
 ``summarize_seeds`` on those directories, then prints ``format_seed_summary``.
+``inductionlab phase RUN_DIR...`` prints ``format_phase_table(phase_across_seeds(find_run_dirs(...)))``:
+which tracked curve changes first, with 95% t-intervals over the runs.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from .phase import max_head, phase_from_log
+from ..errors import UserError
+from .phase import change_step, max_head, phase_from_run, phase_statistics
+from .tracking import read_tracking
 
 #: final scores taken from each run's summary.json / last metrics record
 FINAL_KEYS = ("induction_accuracy", "induction_loss", "icl_score")
@@ -52,14 +56,16 @@ def _best_induction(records: list[dict]) -> float | None:
 
 def summarize_seeds(run_dirs: Iterable[Path]) -> dict[str, Any]:
     """``{"runs": [...], "phase": {curve: stats of change steps}, "agreement": stats of
-    |step(prefix_matching) - step(induction_loss)|, "eval_interval": max, "final": {key: stats}}``."""
+    |step(prefix_matching) - step(induction_loss)|, "eval_interval": max, "final": {key: stats},
+    "phase_order": phase.phase_statistics of the runs}``. Change steps come from each run's
+    tracking.jsonl curves where it has one (``phase.phase_from_run``), else from metrics.jsonl."""
     runs, phases = [], []
     for d in run_dirs:
         d = Path(d)
         records = read_records(d)
         summary_path = d / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        ph = phase_from_log(records)
+        ph = phase_from_run(records, read_tracking(d))
         final = {k: _final(records, summary, k) for k in FINAL_KEYS}
         final["prefix_matching"] = _best_induction(records)
         runs.append({"run_dir": str(d), "steps": records[-1]["step"] if records else None,
@@ -72,6 +78,7 @@ def summarize_seeds(run_dirs: Iterable[Path]) -> dict[str, Any]:
         "agreement": stats(p["agreement"] for p in phases if "agreement" in p),
         "eval_interval": max((p.get("eval_interval", 0) for p in phases), default=0),
         "final": {k: stats(r["final"][k] for r in runs) for k in (*FINAL_KEYS, "prefix_matching")},
+        "phase_order": phase_statistics(phases),
     }
     return out
 
@@ -92,7 +99,91 @@ def format_seed_summary(d: dict[str, Any]) -> str:
     if a["n"]:
         lines.append(f"  |prefix_matching - induction_loss|: max {a['max']:.0f} "
                      f"(evaluation interval {d['eval_interval']})")
+    order = d.get("phase_order")
+    if order and order["ordering"]:
+        lines.append(f"  ordering ({', '.join(order['sources'])}): {order['ordering']}")
     lines.append("final:")
     for k, s in d["final"].items():
         lines.append(f"  {k:<20} {_fmt(s, 4)}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- inductionlab phase
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Run directories (holding metrics.jsonl) named by ``paths``: a run directory itself, or a
+    ``--seeds`` output directory, which stands for its ``seed_*/`` run directories (by seed).
+    Raises :class:`UserError` (one line) for anything else."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "metrics.jsonl").is_file():
+            out.append(p)
+            continue
+        seeds = [d for d in p.glob("seed_*") if (d / "metrics.jsonl").is_file()] if p.is_dir() else []
+        if not seeds:
+            raise UserError(f"{p} is not a run directory (no metrics.jsonl) nor a --seeds output "
+                            "(no seed_*/metrics.jsonl)")
+        out.extend(sorted(seeds, key=lambda d: (len(d.name), d.name)))
+    if not out:
+        raise UserError("no run directories given")
+    return out
+
+
+def run_phase(run_dir: Path) -> dict[str, Any]:
+    """:func:`phase.phase_from_run` of one run directory (tracking.jsonl curves when present)."""
+    try:
+        records, tracked = read_records(run_dir), read_tracking(run_dir)
+        if not records:
+            raise UserError(f"{run_dir} has no evaluation records yet (metrics.jsonl is empty)")
+        return phase_from_run(records, tracked)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read the curves of {run_dir}: {exc}") from None
+
+
+def phase_across_seeds(run_dirs: Iterable[Path]) -> dict[str, Any]:
+    """:func:`phase.phase_statistics` over ``run_dirs``, plus ``"runs"``: each run's directory and
+    per-curve change step (``step_fit`` where fitted)."""
+    dirs = [Path(d) for d in run_dirs]
+    phases = [run_phase(d) for d in dirs]
+    out = phase_statistics(phases)
+    out["runs"] = [{"run_dir": str(d), "source": p["source"],
+                    **{c: change_step(p[c]) for c in out["curves"] if isinstance(p.get(c), dict)}}
+                   for d, p in zip(dirs, phases)]
+    return out
+
+
+def _ci(s: dict[str, Any]) -> str:
+    return f"[{s['ci'][0]:.1f}, {s['ci'][1]:.1f}]" if s["ci"] else "n/a"
+
+
+def format_phase_table(d: dict[str, Any]) -> str:
+    """Plain-text table of :func:`phase_across_seeds`: per curve the mean change step, its 95%
+    t-interval over runs and the resolution; per pair the mean lag, interval and verdict."""
+    n = d["n_runs"]
+    pct = round(100 * d["level"])
+    lines = [f"phase change over {n} run{'s' if n != 1 else ''} (curves from {', '.join(d['sources'])}); "
+             f"mean and {pct}% t-interval over runs",
+             f"{'curve':<17} {'mean step':>9}  {f'{pct}% CI':<16} {'resolution':<17} per run"]
+    for c, s in d["curves"].items():
+        res = f"{s['resolution']:g} steps ({100 * s['relative_resolution']:.1f}%)"
+        per = " ".join(f"{v:g}" for v in s["values"])
+        lines.append(f"{c:<17} {s['mean']:>9.1f}  {_ci(s):<16} {res:<17} {per}")
+    lines.append(f"{'lag b - a (> 0: a first)':<36} {'mean':>6}  {f'{pct}% CI':<16} verdict")
+    for g in d["lags"]:
+        pair = f"{g['a']} -> {g['b']}"
+        mean = f"{g['mean']:.1f}" if g["mean"] is not None else "n/a"
+        lines.append(f"{pair:<36} {mean:>6}  {_ci(g):<16} {g['verdict']}")
+    lines.append(f"ordering: {d['ordering']}  (by mean step; '<': the neighbours' lag interval excludes 0)")
+    apart = []
+    for g in d["lags"]:
+        if g["verdict"] in (f"{g['a']} first", f"{g['b']} first"):
+            first, second = (g["a"], g["b"]) if g["verdict"] == f"{g['a']} first" else (g["b"], g["a"])
+            apart.append(f"{first} before {second} by {abs(g['mean']):.1f} steps")
+    lines.append(f"pairs apart at {pct}%: {'; '.join(apart) if apart else 'none'}")
+    pm_icl = next((g for g in d["lags"] if {g["a"], g["b"]} == {"prefix_matching", "icl_score"}), None)
+    if pm_icl is not None:
+        lines.append(f"prefix matching vs in-context learning (Olsson et al.: together): {pm_icl['verdict']}")
+    cut = [f"{c} ({s['truncated']} of {s['n']})" for c, s in d["curves"].items() if s.get("truncated")]
+    if cut:
+        lines.append(f"warning: curves cut before levelling off (run stopped early; step_fit extrapolated): "
+                     f"{', '.join(cut)}; rerun with --set train.target_accuracy=0")
     return "\n".join(lines)

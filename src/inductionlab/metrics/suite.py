@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from .ablation import head_ablation
-from .composition import composition_scores
-from .copying import copying_scores, ov_positivity
+from .composition import composition_scores, composition_scores_rotary
+from .copying import copying_chance, copying_ratios, ov_positivity, ratio_to_score
 from .icl import icl_indices, icl_score_from_curve
 from .induction import loss_by_position
 from .kernels import conv_kernel_profiles, smear_sigmas
-from .ood import accuracy_by_length, accuracy_by_period, confusing_repeat_accuracy
+from .ood import accuracy_by_length, accuracy_by_period, confusing_repeat_accuracy, confusing_repeat_reference
 
 SUITE_SEQUENCES = 64
 ABLATION_SEQUENCES = 16
@@ -53,10 +53,15 @@ def _eval_slice(eval_batches, n: int):
 @torch.no_grad()
 def weight_metrics(model, bos: bool = True) -> dict[str, Any]:
     """The measurements that need weights only (no data): copying, OV positivity, Q/K/V
-    composition, conv-kernel profiles and smeared-key sigma(alpha). Text runs log these too."""
+    composition (LayerNorm folded; rotary-aware Q/K composition for rotary models), conv-kernel
+    profiles and smeared-key sigma(alpha). Text runs log these too."""
     out: dict[str, Any] = {}
     if model.attention_layers:
-        out["copying"] = _per_layer(copying_scores(model, COPY_TOKENS, bos=bos))
+        ratios = copying_ratios(model, COPY_TOKENS, bos=bos)
+        chance = copying_chance(model.W_U.shape[-1])
+        out["copying"] = _per_layer({layer: ratio_to_score(r, chance) for layer, r in ratios.items()})
+        out["copying_ratio"] = {str(layer): [round(float(v), 6) for v in r.tolist()] for layer, r in ratios.items()}
+        out["copying_chance"] = chance
         out["ov_positivity"] = _per_layer(ov_positivity(model))
         comp = composition_scores(model)
         out["composition"] = {
@@ -64,6 +69,14 @@ def weight_metrics(model, bos: bool = True) -> dict[str, Any]:
             **{k: [[None if v is None else _r(v) for v in row] for row in comp[k]] for k in "qkv"},
             "baseline": {k: _r(v) for k, v in comp["baseline"].items()},
         }
+        if model.cfg.positions == "rotary":
+            rot = composition_scores_rotary(model)
+            out["composition_rotary"] = {
+                "heads": rot["heads"], "deltas": rot["deltas"],
+                **{k: {d: [[None if v is None else _r(v) for v in row] for row in sq] for d, sq in rot[k].items()}
+                   for k in "qk"},
+                "baseline": {k: {d: _r(v) for d, v in rot["baseline"][k].items()} for k in "qk"},
+            }
     conv = conv_kernel_profiles(model)
     if conv:
         out["conv_kernel"] = _per_layer(conv)
@@ -115,4 +128,6 @@ def _analyze(model, cfg, eval_batches) -> dict[str, Any]:
     if period >= 3 and 2 * period <= m.n_ctx - off:
         out["confusing_repeat"] = _r(confusing_repeat_accuracy(model, m.vocab_size, m.n_ctx, period, bos,
                                                                n=OOD_SEQUENCES))
+        ref = confusing_repeat_reference(m.vocab_size, m.n_ctx, period, bos, n=OOD_SEQUENCES)
+        out["confusing_repeat_reference"] = {k: _r(v) for k, v in ref.items()}
     return out

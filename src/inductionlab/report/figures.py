@@ -56,7 +56,7 @@ def _heatmap(ax, m, rows, cols, title, vmin=None, vmax=None, cmap=CMAP, annotate
 
 def phase_steps(run: RunData) -> tuple[list[float], tuple[float, float] | None]:
     """Detected change steps (one line per curve) and the change window (10%-90% of the change)
-    of the induction loss, else of the first curve found, out of ``phase_from_log``."""
+    of the induction loss, else of the first curve found, out of ``phase_from_run``."""
     ph = run.phase()
     curves = [c for c in ("induction_loss", "prefix_matching", "induction_accuracy", "icl_score", "val_loss")
               if isinstance(ph.get(c), dict)]
@@ -164,8 +164,9 @@ def fig_head_scores(run: RunData):
         r = run.last_with(key)
         m, layers = _head_matrix(r[key])
         im = _heatmap(ax, m, [f"L{l}" for l in layers], [f"H{h}" for h in range(m.shape[1])],
-                      f"{title} (step {r['step']})", vmin=0 if key != "ov_positivity" else None,
-                      vmax=1 if key in ("previous_token", "prefix_matching") else None)
+                      f"{title} (step {r['step']})",
+                      vmin={"ov_positivity": None, "copying": -1}.get(key, 0),  # copying: 0 = chance
+                      vmax=1 if key in ("previous_token", "prefix_matching", "copying") else None)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
     del rec
     fig.tight_layout()

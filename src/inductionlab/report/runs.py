@@ -59,10 +59,12 @@ class RunData:
         return None
 
     def phase(self) -> dict:
-        """``metrics.phase.phase_from_log`` of this run's records."""
-        from ..metrics.phase import phase_from_log
+        """``metrics.phase.phase_from_run`` of this run's records and its dense tracked curves
+        (``tracking.jsonl``, when the run tracked them)."""
+        from ..metrics.phase import phase_from_run
+        from ..metrics.tracking import read_tracking
 
-        return phase_from_log(self.records)
+        return phase_from_run(self.records, read_tracking(self.run_dir))
 
 
 def read_records(run_dir: Path) -> list[dict]:
