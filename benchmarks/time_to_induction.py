@@ -54,7 +54,9 @@ def ref_batch(g, batch, vocab=256, ctx=80, lo=20, hi=29, period=None):
     r = torch.randint(1, vocab, (batch, p), generator=g)
     body = r.repeat(1, (ctx - 1) // p + 1)[:, : ctx - 1]
     tokens = torch.cat([torch.zeros(batch, 1, dtype=torch.long), body], 1)
-    mask = (torch.arange(1, ctx) - 1 >= p)[None].expand(batch, -1)
+    # the prediction made at position i counts iff the token at i (content index i - 1) occurred
+    # one period earlier (the same definition as inductionlab's induction_mask)
+    mask = (torch.arange(0, ctx - 1) - 1 >= p)[None].expand(batch, -1)
     return tokens, mask
 
 

@@ -172,16 +172,66 @@ def classic_table(seeds: list[int]) -> str:
                   "accuracy at P=25"], rows)
 
 
+def _last_full(cell: Cell, seed: int) -> dict:
+    lines = (run_dir(cell, seed) / "metrics.jsonl").read_text().splitlines()
+    return next(r for r in map(json.loads, reversed(lines)) if r.get("full"))
+
+
 def metrics_table(seeds: list[int]) -> str:
+    """The trained induction-2l model's circuit, one column of per-seed values summarised."""
+    from inductionlab.evaluation import ablation_study_run
+    from inductionlab.metrics.composition import composition_scores_rotary
+
     cell = METRICS[0]
-    keys = [("induction_accuracy", "held-out induction accuracy", 3), ("first_period_loss", "first-period loss (nats)", 2),
-            ("icl_score", "ICL score (nats)", 2)]
-    sms = [summary(cell, s) for s in seeds]
-    rows = [[label, fmt_ci([sm[k] for sm in sms], d)] for k, label, d in keys]
-    rows.append(["ICL indices", ", ".join(sorted({str(sm.get("icl_indices")) for sm in sms}))])
-    rows.append(["best previous-token head score", fmt_ci([sm["best_previous_token_head"]["score"] for sm in sms])])
-    rows.append(["best prefix-matching head score", fmt_ci([sm["best_induction_head"]["score"] for sm in sms])])
-    return table(["quantity (induction-2l, final checkpoint)", "mean ± 95% CI"], rows)
+    rows: dict[str, list[float]] = {}
+    digits: dict[str, int] = {}
+
+    def add(label: str, value, d: int = 3) -> None:
+        rows.setdefault(label, []).append(value)
+        digits[label] = d
+
+    indices = set()
+    for s in seeds:
+        sm, full = summary(cell, s), _last_full(cell, s)
+        add("steps to 95% held-out induction accuracy", sm["steps"], 0)
+        add("held-out induction accuracy", sm["induction_accuracy"])
+        add("first-period loss (nats; uniform 5.54)", sm["first_period_loss"], 2)
+        add("ICL score (nats)", sm["icl_score"], 2)
+        indices.add(str(sm["icl_indices"]))
+        add("best layer-0 previous-token score", max(full["previous_token"]["0"]))
+        pm1 = full["prefix_matching"]["1"]
+        best = max(range(len(pm1)), key=pm1.__getitem__)
+        add("best layer-1 prefix-matching score", pm1[best])
+        add("layer-1 heads with prefix matching >= 0.5", sum(v >= 0.5 for v in pm1), 1)
+        comp = full["composition"]
+        k = [(v, i, j) for i, row in enumerate(comp["k"]) for j, v in enumerate(row) if v is not None]
+        kv, i, j = max(k)
+        add("strongest K-composition / random baseline", kv / comp["baseline"]["k"], 2)
+        add("  Q-composition of that pair / baseline", comp["q"][i][j] / comp["baseline"]["q"], 2)
+        add("  V-composition of that pair / baseline", comp["v"][i][j] / comp["baseline"]["v"], 2)
+        cfg, model = model_of(cell, s)
+        delta = (cfg.data.period_min + cfg.data.period_max) // 2 - 1
+        rot = composition_scores_rotary(model, deltas=(delta,))
+        add(f"  rotary K-composition of that pair at Δ = {delta} / its baseline",
+            rot["k"][str(delta)][i][j] / rot["baseline"]["k"][str(delta)], 2)
+        add("OV positivity of the best induction head", full["ov_positivity"]["1"][best])
+        add("copying ratio of the best induction head / chance", full["copying_ratio"]["1"][best] / full["copying_chance"], 1)
+        add("copying score of the best induction head", full["copying"]["1"][best])
+        add("mean OV positivity of layer-0 heads", sum(full["ov_positivity"]["0"]) / len(full["ov_positivity"]["0"]))
+        study = ablation_study_run(run_dir(cell, s), sequences=256)
+        add("clean accuracy on the 256 ablation sequences", study["clean"]["induction_accuracy"]["mean"])
+        for kind in ("zero", "mean"):
+            for group, label in (("L0 previous_token", "layer-0 previous-token heads"),
+                                 ("L0 other", "other layer-0 heads (neither previous- nor current-token)"),
+                                 ("L0 current_token", "layer-0 current-token heads"),
+                                 ("L1 induction", "layer-1 induction heads")):
+                if group in study[kind]:
+                    add(f"Δ accuracy, {kind}-ablating all {label}", study[kind][group]["induction_accuracy"]["mean"])
+        add("Δ accuracy, zero-ablating the best induction head alone",
+            study["zero"][f"L1H{best}"]["induction_accuracy"]["mean"])
+    body = [[label, fmt_ci(vals, digits[label]), str(len(vals))] for label, vals in rows.items()]
+    body.append(["ICL indices [early, late]", ", ".join(sorted(indices)), str(len(seeds))])
+    return table(["induction-2l (preset defaults), final checkpoint", "mean ± 95% CI over seeds", "seeds"], body)
 
 
 TABLES = {"results": results_table, "classic": classic_table, "metrics": metrics_table}

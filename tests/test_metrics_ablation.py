@@ -10,10 +10,15 @@ import torch
 from inductionlab.cli import main
 from inductionlab.config import load_config
 from inductionlab.data.synthetic import EVAL_SEED_OFFSET, RepeatedTokens
+from inductionlab.errors import UserError
 from inductionlab.metrics.ablation import (CURRENT_TOKEN_THRESHOLD, INDUCTION_THRESHOLD, KINDS,
-                                           PREVIOUS_TOKEN_THRESHOLD, ablate_heads, ablation_study,
-                                           bootstrap_interval, classify_heads, current_token_score,
-                                           head_ablation, head_scores, role_groups)
+                                           PREVIOUS_TOKEN_THRESHOLD, AblationError, ablate_heads,
+                                           ablation_study, bootstrap_interval, classify_heads,
+                                           current_token_score, head_ablation, head_scores,
+                                           per_sequence_scores, role_groups, scores)
+from inductionlab.metrics.heads import prefix_matching_score, prefix_matching_targets
+from inductionlab.metrics.icl import icl_indices, icl_score
+from inductionlab.metrics.induction import induction_accuracy, induction_loss
 from inductionlab.models import build_model
 
 
@@ -101,6 +106,105 @@ def test_classify_heads_thresholds_and_groups():
                                   "L1 other": [(1, 1), (1, 3)]}
     # without current-token scores the first layer has previous-token heads and others only
     assert classify_heads(prev, pm)[(0, 1)] == "other"
+
+
+def test_classify_heads_by_score_in_every_attention_layer():
+    """Roles come from the scores, not the layer: induction heads are found in the only attention
+    layer of a one-attention-layer model (conv-attn: layer 1; smeared-1l: layer 0), and every
+    layer is scored for previous- and current-token heads too; the first attention layer of a
+    model with several has no induction heads (unless ``first_layer_induction``)."""
+    i, p = INDUCTION_THRESHOLD, PREVIOUS_TOKEN_THRESHOLD
+    for layer in (1, 0):  # conv-attn, smeared-1l
+        prev, pm, cur = {layer: [0.05, 0.9, 0.1, 0.6]}, {layer: [i, 0.0, 0.1, 0.9]}, {layer: [0.1, 0.0, 0.9, 0.0]}
+        assert classify_heads(prev, pm, cur) == {(layer, 0): "induction", (layer, 1): "previous_token",
+                                                 (layer, 2): "current_token", (layer, 3): "induction"}
+        assert classify_heads(prev, pm, cur, first_layer_induction=False)[(layer, 0)] == "other"
+    prev = {0: [0.9, 0.0], 1: [p, 0.0], 2: [0.0, 0.0]}
+    pm = {0: [0.95, 0.95], 1: [0.0, 0.95], 2: [0.95, 0.0]}
+    roles = classify_heads(prev, pm)
+    assert roles == {(0, 0): "previous_token", (0, 1): "other", (1, 0): "previous_token",
+                     (1, 1): "induction", (2, 0): "induction", (2, 1): "other"}
+    assert classify_heads(prev, pm, first_layer_induction=True)[(0, 1)] == "induction"
+    assert role_groups(roles)["L1 previous_token"] == [(1, 0)]
+
+
+def _hand_patterns(tokens, periods, bos, layers, kinds):
+    """``{layer: [batch, head, q, k]}``: per head ``kinds[h]`` "induction" (all attention on the
+    successors of earlier occurrences, BOS where there are none) or "previous" (the previous
+    position)."""
+    b, t = tokens.shape
+    targets, _ = prefix_matching_targets(periods, t, bos)
+    ind = targets.float()
+    ind[:, :, 0] += (ind.sum(-1) == 0).float()
+    ind = ind / ind.sum(-1, keepdim=True)
+    prev = torch.zeros(b, t, t)
+    prev[:, 0, 0] = 1
+    prev[:, torch.arange(1, t), torch.arange(0, t - 1)] = 1
+    heads = torch.stack([ind if k == "induction" else prev for k in kinds], 1)
+    return {layer: heads for layer in layers}
+
+
+@pytest.mark.parametrize("preset", ["induction-conv-attn", "induction-smeared-1l"])
+def test_single_attention_layer_models_get_induction_heads(preset, monkeypatch):
+    cfg = load_config(preset)
+    model = build_model(cfg.model).eval()
+    (layer,) = [la for la, _ in model.attention_layers]  # conv-attn: 1, smeared-1l: 0
+    b = RepeatedTokens(256, cfg.model.n_ctx, 20, 29, True, "sequence", seed=1).sample(8)
+    kinds = ["induction", "previous", "induction", "previous"]
+    monkeypatch.setattr(model, "patterns", lambda tk: _hand_patterns(tk, b.periods[:tk.shape[0]], True, [layer], kinds))
+    s = head_scores(model, b.tokens, b.periods, True, batch=8)
+    assert s["prefix_matching"][layer].tolist() == pytest.approx([1, 0, 1, 0], abs=1e-6)
+    roles = classify_heads(s["previous_token"], s["prefix_matching"], s["current_token"])
+    assert [roles[(layer, h)] for h in range(4)] == ["induction", "previous_token", "induction", "previous_token"]
+    assert role_groups(roles)[f"L{layer} induction"] == [(layer, 0), (layer, 2)]
+
+
+def test_head_scores_in_chunks_equal_one_batch_with_varying_periods():
+    """The prefix-matching score averages later-repeat queries, whose number per sequence depends
+    on the period (80 tokens: 77 queries at period 2, 40 at period 39): chunk totals and counts
+    are summed, not per-chunk means weighted by sequences."""
+    model, _ = _model()
+    b = RepeatedTokens(256, 80, 2, 39, True, "sequence", seed=3).sample(10)
+    assert len(set(b.periods.tolist())) > 5
+    whole = head_scores(model, b.tokens, b.periods, True, batch=64)
+    for layer, p in model.patterns(b.tokens).items():  # one batch: the plain scores
+        assert torch.allclose(whole["prefix_matching"][layer], prefix_matching_score(p, b.periods), atol=1e-7)
+    for batch in (1, 3, 4):
+        chunked = head_scores(model, b.tokens, b.periods, True, batch=batch)
+        for k in whole:
+            for layer in whole[k]:
+                assert (chunked[k][layer] - whole[k][layer]).abs().max() < 1e-6, (batch, k, layer)
+    # what per-chunk means weighted by sequence count would have given: measurably different
+    old = sum(prefix_matching_score(model.patterns(b.tokens[s:s + 3])[1], b.periods[s:s + 3]) * len(b.tokens[s:s + 3]) / 10
+              for s in range(0, 10, 3))
+    assert (old - whole["prefix_matching"][1]).abs().max() > 1e-4
+
+
+def test_scores_and_per_sequence_scores_share_their_definitions():
+    model, b = _model()
+    with torch.no_grad():
+        logits = model(b.tokens)
+    s = scores(logits, b.tokens, b.induction_mask, icl_indices(b.tokens.shape[1]))
+    assert s["induction_loss"] == pytest.approx(float(induction_loss(logits, b.tokens, b.induction_mask)), abs=1e-6)
+    assert s["induction_accuracy"] == pytest.approx(float(induction_accuracy(logits, b.tokens, b.induction_mask)), abs=1e-6)
+    assert s["icl_score"] == pytest.approx(icl_score(logits, b.tokens)[0], abs=1e-6)
+    per = per_sequence_scores(logits, b.tokens, b.induction_mask)
+    for i in range(b.tokens.shape[0]):
+        one = scores(logits[i:i + 1], b.tokens[i:i + 1], b.induction_mask[i:i + 1], (1, 2))
+        for k in per:
+            assert float(per[k][i]) == pytest.approx(one[k], abs=1e-6)
+
+
+def test_ablation_study_without_induction_predictions_is_a_one_line_user_error():
+    """Period 1 in a 3-token context with BOS (BOS, r, r): no prediction is made from a repeated
+    token, so the mask is empty."""
+    model, _ = _model("induction-1l")
+    b = RepeatedTokens(256, 3, 1, 1, True, "sequence", seed=0).sample(4)
+    assert int(b.induction_mask.sum()) == 0
+    with pytest.raises(AblationError, match="4 of 4 sequences have no induction prediction") as info:
+        ablation_study(model, b.tokens, b.induction_mask, heads=[], resamples=10)
+    assert isinstance(info.value, UserError) and isinstance(info.value, ValueError)
+    assert "\n" not in str(info.value)
 
 
 def test_study_chunks_and_per_sequence_deltas_match_single_runs():

@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 
 from inductionlab.metrics.phase import (
+    FIT_R2_MIN,
     change_point,
     change_point_tracked,
+    ordering_chain,
     pairwise_lags,
     phase_from_log,
     phase_from_run,
     phase_statistics,
+    poor_fit,
     t_interval,
 )
 from inductionlab.metrics.stats import t_quantile
@@ -215,3 +218,111 @@ def test_phase_statistics_ordering_first_and_together():
     assert verdict[("prefix_matching", "induction_loss")] == "together"
     assert verdict[("prefix_matching", "icl_score")] == "prefix_matching first"
     assert st["ordering"].startswith("previous_token < ") and st["ordering"].endswith("< icl_score")
+
+
+# --------------------------------------------------------------------------- long runs, fit quality
+def test_long_dense_run_is_fitted_fast_in_little_memory_and_without_warnings():
+    """induction-2l-classic: 20,000 steps tracked every 5 (4,000 points), a slow change whose
+    fitted neighbourhood covers most of them. The fit's memory must not grow with points^2."""
+    import time
+    import tracemalloc
+    import warnings
+
+    rng = np.random.default_rng(0)
+    s = np.arange(5, 20001, 5, dtype=float)
+    centre, width = 12345, 300
+    v = 0.1 + 0.8 / (1 + np.exp(-(s - centre) / width)) + rng.normal(0, 0.03, len(s))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tracemalloc.start()
+        try:
+            t0 = time.perf_counter()
+            cp = change_point_tracked(s, v)
+            elapsed = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert abs(cp["step_fit"] - centre) <= 0.05 * centre, cp
+    assert abs(cp["step_fit"] - centre) <= 50  # in fact within a sixth of the width
+    assert abs(cp["width"] - 2 * width * math.log(9)) <= 0.15 * 2 * width * math.log(9)
+    assert elapsed < 1.5, elapsed  # measured ~0.3 s (traced) on a shared CPU core
+    assert peak < 100 * 2**20, peak  # measured ~9 MiB
+    json.dumps(cp)
+    # an abrupt change far from the start: the sigmoid's argument reaches ~ -5e4 without overflow
+    sharp = 0.1 + 0.8 * (s > 15000) + rng.normal(0, 0.01, len(s))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert abs(change_point_tracked(s, sharp)["step_fit"] - 15000) <= 5
+
+
+def test_onset_and_fit_r2():
+    """``step_onset`` (10% of the fitted change) and ``fit_r2``: a logistic fits a logistic; a curve
+    that keeps rising after its change moves ``step_fit`` late but not the onset (and still fits
+    with R² ~0.98: ``fit_r2`` does not flag it); a curve that changes in two steps is a poor fit."""
+    for seed in range(3):
+        cp = change_point_tracked(*_tracked(200, noise=0.02, seed=seed))  # width 12
+        assert abs(cp["step_onset"] - (200 - 12 * math.log(9))) <= 6, cp
+        assert cp["fit_r2"] > 0.98 and not poor_fit(cp)
+    s = np.asarray(TRACK, dtype=float)
+    rng = np.random.default_rng(0)
+    step = 0.4 / (1 + np.exp(-(s - 200) / 12))
+    rising = 0.05 + step + 0.8 * np.maximum(0, s - 200) / 200 + rng.normal(0, 0.01, len(s))
+    cp = change_point_tracked(s, rising)
+    assert cp["step_fit"] - 200 > 30  # the centre drifts into the later rise ...
+    assert abs(cp["step_onset"] - (200 - 12 * math.log(9))) <= 25, cp  # ... the onset much less
+    for seed in range(3):  # two changes, at 100 and 300: one logistic's centre is no change step
+        noise = np.random.default_rng(seed).normal(0, 0.02, len(s))
+        two = 0.5 / (1 + np.exp(-(s - 100) / 4)) + 0.5 / (1 + np.exp(-(s - 300) / 4)) + noise
+        cb = change_point_tracked(s, two)
+        assert cb["fit_r2"] < FIT_R2_MIN and poor_fit(cb), cb  # measured 0.87
+    assert not poor_fit({"step": 100})  # curves from metrics.jsonl are not fitted
+
+
+def _fitted(step, r2=0.99):
+    return {"step": round(step), "step_fit": step, "fit_r2": r2}
+
+
+def test_no_verdict_for_a_pair_with_a_poor_fit():
+    from inductionlab.metrics.seeds import format_phase_table
+
+    rng = np.random.default_rng(1)
+    phases = [{"source": "tracking.jsonl",
+               "previous_token": _fitted(180 + 10 * k + rng.normal(0, 1), r2=0.5 if k == 2 else 0.97),
+               "prefix_matching": _fitted(220 + 10 * k + rng.normal(0, 1)),
+               "induction_loss": _fitted(240 + 10 * k + rng.normal(0, 1))} for k in range(5)]
+    st = phase_statistics(phases)
+    verdict = {(g["a"], g["b"]): g["verdict"] for g in st["lags"]}
+    assert verdict[("previous_token", "prefix_matching")] == "poor fit"
+    assert verdict[("previous_token", "induction_loss")] == "poor fit"
+    assert verdict[("prefix_matching", "induction_loss")] == "prefix_matching first"
+    assert st["curves"]["previous_token"]["poor_fit"] == 1 and st["curves"]["previous_token"]["fit_r2"] == 0.5
+    assert st["curves"]["prefix_matching"]["poor_fit"] == 0
+    assert st["ordering"] == "previous_token ≈ prefix_matching ≈ induction_loss"  # no verdict across poor fits
+    d = {**st, "runs": []}
+    text = format_phase_table(d)
+    assert "previous_token -> prefix_matching" in text and "poor fit" in text
+    assert "warning: poor logistic fit" in text and "previous_token (1 of 5)" in text
+    assert "pairs apart at 95%: prefix_matching before induction_loss" in text
+
+
+def test_ordering_claims_only_what_every_pair_supports():
+    """a-b apart, b-c together, a-c together (c varies a lot between runs): sorted by mean step
+    a < b < c, but the chain must not read "a before c"."""
+    rng = np.random.default_rng(0)
+    phases = []
+    for k in range(6):
+        base = 200 + 20 * k
+        phases.append({"a": _fitted(base + rng.normal(0, 1)), "b": _fitted(base + 10 + rng.normal(0, 1)),
+                       "c": _fitted(base + 12 + (40 if k % 2 else -40) + rng.normal(0, 1))})
+    st = phase_statistics(phases, curves=("a", "b", "c"))
+    verdict = {(g["a"], g["b"]): g["verdict"] for g in st["lags"]}
+    assert verdict == {("a", "b"): "a first", ("a", "c"): "together", ("b", "c"): "together"}
+    means = [st["curves"][c]["mean"] for c in "abc"]
+    assert means == sorted(means)  # neighbours a-b apart, b-c together: "a < b ≈ c" would claim a < c
+    assert st["ordering"] == "a ≈ b ≈ c"
+    # and a chain where every pair across '<' is apart
+    assert ordering_chain(["a", "b", "c"], {("a", "b"): "a first", ("a", "c"): "a first",
+                                            ("b", "c"): "together"}) == "a < b ≈ c"
+    assert ordering_chain(["a", "b", "c"], {("a", "b"): "a first", ("c", "a"): "a first",
+                                            ("b", "c"): "b first"}) == "a < b < c"
+    assert ordering_chain(["x"], {}) == "x" and ordering_chain([], {}) == ""

@@ -152,9 +152,7 @@ def _eval_ablation(args) -> int:
         print(json.dumps(result, indent=1))
         return 0
     print(f"ablation study of {result['run_dir']} at step {result['step']}")
-    print(f" roles: first layer previous_token if previous-token score >= {ab.PREVIOUS_TOKEN_THRESHOLD}, else "
-          f"current_token if current-token score >= {ab.CURRENT_TOKEN_THRESHOLD}; later layers induction if "
-          f"prefix-matching score >= {ab.INDUCTION_THRESHOLD}; otherwise other")
+    print(f" roles: {ab.ROLE_RULE}")
     sc = result["scores"]
     first = min(sc["previous_token"], key=int)
     for layer in sc["previous_token"]:

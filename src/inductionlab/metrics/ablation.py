@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from .heads import prefix_matching_score, previous_token_score
+from ..errors import UserError
+from .heads import prefix_matching_sums, previous_token_score
 from .icl import icl_indices, icl_score_from_curve
-from .induction import (induction_accuracy, induction_loss, loss_by_position, token_correct,
-                        token_losses)
+from .induction import token_correct, token_losses
 
 KINDS = ("zero", "mean", "pattern_preserving")
 #: ``(layer, head)``
@@ -43,15 +43,36 @@ def _pattern_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_pattern"
 
 
+class AblationError(UserError, ValueError):
+    """Inputs the ablation study cannot use (one-line message; the CLI prints it)."""
+
+
 def _fixed(t: torch.Tensor):
     return lambda _: t
 
 
+def _masked_totals(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                   losses: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``({"induction_accuracy", "induction_loss"}: per-sequence sums over the masked predictions
+    [batch], masked predictions per sequence [batch])``; ``losses``: :func:`induction.token_losses`
+    when already computed."""
+    m = mask.to(torch.float32)
+    if losses is None:
+        losses = token_losses(logits, tokens)
+    return ({"induction_accuracy": (token_correct(logits, tokens).float() * m).sum(1),
+             "induction_loss": (losses * m).sum(1)}, m.sum(1))
+
+
 def scores(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, icl: tuple[int, int]) -> dict[str, float]:
-    """``{"induction_loss", "induction_accuracy", "icl_score"}`` of one forward pass."""
-    return {"induction_loss": float(induction_loss(logits, tokens, mask)),
-            "induction_accuracy": float(induction_accuracy(logits, tokens, mask)),
-            "icl_score": icl_score_from_curve(loss_by_position(logits, tokens), *icl)}
+    """``{"induction_loss", "induction_accuracy", "icl_score"}`` of one forward pass: induction
+    loss and accuracy over all masked predictions of the batch together (each prediction weighs
+    the same, as :func:`induction.induction_loss`), the ICL score of the mean loss by position."""
+    losses = token_losses(logits, tokens)
+    totals, count = _masked_totals(logits, tokens, mask, losses)
+    n = count.sum().clamp_min(1)
+    return {"induction_loss": float(totals["induction_loss"].sum() / n),
+            "induction_accuracy": float(totals["induction_accuracy"].sum() / n),
+            "icl_score": icl_score_from_curve(losses.mean(0), *icl)}
 
 
 def _chunk_scores(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, icl: tuple[int, int],
@@ -141,21 +162,27 @@ def ablate_heads(model, tokens: torch.Tensor, mask: torch.Tensor, heads: list[tu
 
 
 # --------------------------------------------------------------------------- head roles
-#: a first-layer head is a *previous-token head* if its previous-token score (mean attention
+#: a head is a *previous-token head* if its previous-token score (mean attention
 #: from each query to the position just before it, ``heads.py``) is at least this. A uniform
 #: causal head scores 1/(q+1) at query q (< 0.1 past the tenth token); 0.4 asks for a large
 #: share of the head's attention on the previous token but not the majority, because the role
 #: is often split between heads that also attend two tokens back.
 PREVIOUS_TOKEN_THRESHOLD = 0.4
-#: a first-layer head that is not a previous-token head is a *current-token head* if its
+#: a head that is neither an induction nor a previous-token head is a *current-token head* if its
 #: current-token score (mean attention of each query on itself, :func:`current_token_score`) is
 #: at least this (same reasoning as above).
 CURRENT_TOKEN_THRESHOLD = 0.4
-#: a later-layer head is an *induction head* if its prefix-matching score (attention on the
+#: a head is an *induction head* if its prefix-matching score (attention on the
 #: successors of earlier occurrences of the query's token) is at least this: the majority of
-#: its attention, from the second copy on, goes where an induction head looks.
+#: its attention, from the second copy on, goes where an induction head looks (not in the first
+#: attention layer of a model with several, see :func:`classify_heads`).
 INDUCTION_THRESHOLD = 0.5
 ROLES = ("previous_token", "current_token", "induction", "other")
+#: :func:`classify_heads`'s rule in one line (for printing beside a study)
+ROLE_RULE = (f"induction if prefix-matching score >= {INDUCTION_THRESHOLD} (not in the first attention layer "
+             f"of a model with several), else previous_token if previous-token score >= "
+             f"{PREVIOUS_TOKEN_THRESHOLD}, else current_token if current-token score >= "
+             f"{CURRENT_TOKEN_THRESHOLD}; otherwise other")
 
 
 def current_token_score(pattern: torch.Tensor, bos: bool = True) -> torch.Tensor:
@@ -172,27 +199,39 @@ def classify_heads(previous_token: Mapping[int, Sequence[float] | torch.Tensor],
                    current_token: Mapping[int, Sequence[float] | torch.Tensor] | None = None,
                    previous_threshold: float = PREVIOUS_TOKEN_THRESHOLD,
                    induction_threshold: float = INDUCTION_THRESHOLD,
-                   current_threshold: float = CURRENT_TOKEN_THRESHOLD) -> dict[Head, str]:
-    """Role of every head, ``{(layer, head): role}``; scores are ``{layer: [head]}``.
+                   current_threshold: float = CURRENT_TOKEN_THRESHOLD,
+                   first_layer_induction: bool | None = None) -> dict[Head, str]:
+    """Role of every head, ``{(layer, head): role}``, by its scores (``{layer: [head]}``; the
+    attention layers are the keys of ``previous_token``), in this order:
 
-    First attention layer: ``"previous_token"`` when the previous-token score is
-    ``>= previous_threshold``, else (only if ``current_token`` is given) ``"current_token"``
-    when the current-token score is ``>= current_threshold``. Every later layer:
-    ``"induction"`` when the prefix-matching score is ``>= induction_threshold``. Otherwise
-    ``"other"``."""
+    1. ``"induction"`` when the prefix-matching score is ``>= induction_threshold``, in every
+       attention layer but the first of a model with two or more: there a head cannot attend to
+       the successor of an earlier occurrence by matching tokens (its keys hold only their own
+       token; a high score there is a coincidence of positions), while a model with a *single*
+       attention layer can have induction heads only there, because its keys see the previous
+       token through something else (the conv of ``conv-attn``, the smeared keys of
+       ``smeared-1l``). ``first_layer_induction=True`` allows it in the first layer of a
+       multi-layer model too (e.g. smeared keys with several layers), ``False`` forbids it
+       even in a single-layer model; ``None`` (default): the rule above.
+    2. ``"previous_token"`` when the previous-token score is ``>= previous_threshold``.
+    3. ``"current_token"`` when the current-token score is ``>= current_threshold`` (only if
+       ``current_token`` is given).
+    4. ``"other"``."""
     layers = sorted(int(layer) for layer in previous_token)
+    if first_layer_induction is None:
+        first_layer_induction = len(layers) == 1
     roles: dict[Head, str] = {}
     for layer in layers:
-        if layer == layers[0]:
-            prev = [float(x) for x in previous_token[layer]]
-            cur = [float(x) for x in current_token[layer]] if current_token is not None else [0.0] * len(prev)
-            for h, (p, c) in enumerate(zip(prev, cur)):
-                roles[(layer, h)] = ("previous_token" if p >= previous_threshold else
-                                     "current_token" if current_token is not None and c >= current_threshold
-                                     else "other")
-        else:
-            for h, v in enumerate(float(x) for x in prefix_matching[layer]):
-                roles[(layer, h)] = "induction" if v >= induction_threshold else "other"
+        prev = [float(x) for x in previous_token[layer]]
+        cur = ([float(x) for x in current_token[layer]] if current_token is not None and layer in current_token
+               else [float("-inf")] * len(prev))
+        pm = ([float(x) for x in prefix_matching[layer]] if layer in prefix_matching
+              else [float("-inf")] * len(prev))
+        induction_ok = layer != layers[0] or first_layer_induction
+        for h, (p, c, i) in enumerate(zip(prev, cur, pm)):
+            roles[(layer, h)] = ("induction" if induction_ok and i >= induction_threshold else
+                                 "previous_token" if p >= previous_threshold else
+                                 "current_token" if c >= current_threshold else "other")
     return roles
 
 
@@ -213,19 +252,26 @@ def role_groups(roles: Mapping[Head, str]) -> dict[str, list[Head]]:
 def head_scores(model, tokens: torch.Tensor, periods: torch.Tensor, bos: bool = True,
                 batch: int = 64) -> dict[str, dict[int, torch.Tensor]]:
     """``{"previous_token", "current_token", "prefix_matching"}``, each ``{layer: [head]}``, over
-    all ``tokens [n, seq]`` (``periods [n]``), in chunks of ``batch`` sequences: the mean of the
-    per-chunk scores weighted by the chunk's sequence count."""
+    all ``tokens [n, seq]`` (``periods [n]``), in chunks of ``batch`` sequences, equal (to float
+    rounding) to the scores of all sequences in one batch: previous- and current-token scores
+    average a fixed number of queries per sequence, so their per-chunk means are weighted by the
+    chunk's sequence count; the prefix-matching score's queries per sequence depend on its period,
+    so its totals and query counts are summed over chunks (:func:`heads.prefix_matching_sums`)."""
     n = tokens.shape[0]
-    fns = {"previous_token": lambda p, per: previous_token_score(p, bos),
-           "current_token": lambda p, per: current_token_score(p, bos),
-           "prefix_matching": lambda p, per: prefix_matching_score(p, per, bos)}
-    out: dict[str, dict[int, torch.Tensor]] = {k: {} for k in fns}
+    fns = {"previous_token": previous_token_score, "current_token": current_token_score}
+    out: dict[str, dict[int, torch.Tensor]] = {k: {} for k in (*fns, "prefix_matching")}
+    totals: dict[int, torch.Tensor] = {}
+    counts: dict[int, torch.Tensor] = {}
     for s in range(0, n, batch):
         tk, per = tokens[s:s + batch], periods[s:s + batch]
         w = tk.shape[0] / n
         for layer, p in model.patterns(tk).items():
             for k, fn in fns.items():
-                out[k][layer] = out[k].get(layer, 0) + w * fn(p, per)
+                out[k][layer] = out[k].get(layer, 0) + w * fn(p, bos)
+            total, count = prefix_matching_sums(p, per, bos)
+            totals[layer] = totals.get(layer, 0) + total
+            counts[layer] = counts.get(layer, 0) + count
+    out["prefix_matching"] = {layer: totals[layer] / counts[layer].clamp_min(1) for layer in totals}
     return out
 
 
@@ -270,10 +316,9 @@ def per_sequence_scores(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.
     """``{"induction_accuracy", "induction_loss"}``, each ``[batch]``: the masked means of every
     sequence on its own (``logits [batch, seq, vocab]``, ``tokens [batch, seq]``,
     ``mask [batch, seq-1]``)."""
-    m = mask.to(torch.float32)
-    count = m.sum(1).clamp_min(1)
-    return {"induction_accuracy": (token_correct(logits, tokens).float() * m).sum(1) / count,
-            "induction_loss": (token_losses(logits, tokens) * m).sum(1) / count}
+    totals, count = _masked_totals(logits, tokens, mask)
+    count = count.clamp_min(1)
+    return {k: t / count for k, t in totals.items()}
 
 
 # --------------------------------------------------------------------------- the study
@@ -309,12 +354,17 @@ def ablation_study(model, tokens: torch.Tensor, mask: torch.Tensor,
 
     Returns (JSON-serialisable) ``{"sequences": n, "confidence", "resamples", "seed",
     "heads": ["L0H0", ...], "groups": {name: ["L0H1", ...]}, "clean": {metric: interval},
-    kind: {unit name: {metric: interval}}}``, an interval being ``{"mean", "low", "high"}``."""
+    kind: {unit name: {metric: interval}}}``, an interval being ``{"mean", "low", "high"}``.
+    Raises :class:`AblationError` (a ``UserError`` and ``ValueError``) for an unknown kind or
+    head, or a sequence without a masked prediction."""
     for kind in kinds:
         if kind not in KINDS:
-            raise ValueError(f"unknown ablation {kind!r}; choose from {KINDS}")
-    if bool((mask.sum(1) == 0).any()):
-        raise ValueError("every sequence needs at least one masked (induction) prediction")
+            raise AblationError(f"unknown ablation {kind!r}; choose from {KINDS}")
+    empty = int((mask.sum(1) == 0).sum())
+    if empty:
+        raise AblationError(f"{empty} of {mask.shape[0]} sequences have no induction prediction to score "
+                            "(the context must go at least two tokens into the second copy of the "
+                            "repeated block)")
     was_training = model.training
     model.eval()
     try:
@@ -328,7 +378,7 @@ def ablation_study(model, tokens: torch.Tensor, mask: torch.Tensor,
             group = [(int(layer), int(h)) for layer, h in group]
             bad = [hd for hd in group if hd[0] not in n_heads or not 0 <= hd[1] < n_heads[hd[0]]]
             if bad:
-                raise ValueError(f"{name!r}: no such head {bad[0]}")
+                raise AblationError(f"{name!r}: no such head {bad[0]}")
             if group:
                 units.append((name, group))
         n, u = tokens.shape[0], len(units)

@@ -90,24 +90,27 @@ def _random_factors(d_model: int, d_head: int, n: int, seed: int) -> dict[str, t
             "W_K_T": r(d_head, d_model), "ov_b": r(d_model, d_head) @ r(d_head, d_model)}
 
 
+def _qk_baseline(f: dict[str, torch.Tensor], R: torch.Tensor | None = None) -> dict[str, float]:
+    """Mean Q and K composition scores of the random factors ``f`` with ``W_QK = W_Q W_K^T``, or
+    ``W_Q R W_K^T``."""
+    qk_b = f["W_Q"] @ f["W_K_T"] if R is None else f["W_Q"] @ R @ f["W_K_T"]
+    return {"q": float(composition_score(f["ov_a"], qk_b).mean()),
+            "k": float(composition_score(f["ov_a"], qk_b.transpose(-1, -2)).mean())}
+
+
 @lru_cache(maxsize=16)
 def random_baseline(d_model: int, d_head: int, n: int = 200, seed: int = 0) -> dict[str, float]:
-    """Mean Q/K/V composition score of random Gaussian ``W_V, W_O, W_Q, W_K`` of the given shapes."""
+    """Mean Q/K/V composition score of random Gaussian ``W_V, W_O, W_Q, W_K`` of the given shapes
+    (:func:`random_baseline_rotary` at ``delta = 0``, plus V composition)."""
     f = _random_factors(d_model, d_head, n, seed)
-    qk_b = f["W_Q"] @ f["W_K_T"]
-    return {"q": float(composition_score(f["ov_a"], qk_b).mean()),
-            "k": float(composition_score(f["ov_a"], qk_b.transpose(-1, -2)).mean()),
-            "v": float(composition_score(f["ov_a"], f["ov_b"]).mean())}
+    return {**_qk_baseline(f), "v": float(composition_score(f["ov_a"], f["ov_b"]).mean())}
 
 
 @lru_cache(maxsize=64)
 def random_baseline_rotary(d_model: int, d_head: int, delta: int, n: int = 200, seed: int = 0) -> dict[str, float]:
     """Mean Q/K composition score with ``W_QK = W_Q R_delta W_K^T`` of random Gaussian factors
     (the factors of :func:`random_baseline`, so ``delta = 0`` gives its ``q`` and ``k``)."""
-    f = _random_factors(d_model, d_head, n, seed)
-    qk_b = f["W_Q"] @ rotary_matrix(delta, d_head) @ f["W_K_T"]
-    return {"q": float(composition_score(f["ov_a"], qk_b).mean()),
-            "k": float(composition_score(f["ov_a"], qk_b.transpose(-1, -2)).mean())}
+    return _qk_baseline(_random_factors(d_model, d_head, n, seed), rotary_matrix(delta, d_head))
 
 
 def _all_pairs(layers, score: Callable[[int, int], dict[str, torch.Tensor]], kinds: str) -> dict:

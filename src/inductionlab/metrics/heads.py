@@ -48,13 +48,22 @@ def prefix_matching_targets(periods: torch.Tensor, seq_len: int, bos: bool = Tru
     return targets, valid
 
 
-def prefix_matching_score(pattern: torch.Tensor, periods: torch.Tensor, bos: bool = True) -> torch.Tensor:
-    """``[head]``: mean over later-repeat queries of attention on the successors of earlier occurrences."""
+def prefix_matching_sums(pattern: torch.Tensor, periods: torch.Tensor, bos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(total [head], count [head])``: the prefix-matching attention summed over the later-repeat
+    queries of the batch, and the number of those queries (the same for every head). Their ratio
+    is :func:`prefix_matching_score`; summing both over batches gives the score of all of them
+    together (the number of valid queries per sequence depends on its period)."""
     pattern = _as_4d(pattern)
     targets, valid = prefix_matching_targets(periods, pattern.shape[-1], bos)
     per_query = (pattern.float() * targets[:, None].float()).sum(-1)  # [batch, head, q]
     v = valid[:, None].float()
-    return (per_query * v).sum(dim=(0, 2)) / v.sum(dim=(0, 2)).clamp_min(1)
+    return (per_query * v).sum(dim=(0, 2)), v.sum(dim=(0, 2)).expand(per_query.shape[1])
+
+
+def prefix_matching_score(pattern: torch.Tensor, periods: torch.Tensor, bos: bool = True) -> torch.Tensor:
+    """``[head]``: mean over later-repeat queries of attention on the successors of earlier occurrences."""
+    total, count = prefix_matching_sums(pattern, periods, bos)
+    return total / count.clamp_min(1)
 
 
 def best_head(scores: dict[int, torch.Tensor]) -> tuple[int, int, float]:

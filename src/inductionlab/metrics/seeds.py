@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import UserError
-from .phase import change_step, max_head, phase_from_run, phase_statistics
+from .phase import FIT_R2_MIN, change_step, max_head, phase_from_run, phase_statistics
 from .tracking import read_tracking
 
 #: final scores taken from each run's summary.json / last metrics record
@@ -58,7 +58,16 @@ def summarize_seeds(run_dirs: Iterable[Path]) -> dict[str, Any]:
     """``{"runs": [...], "phase": {curve: stats of change steps}, "agreement": stats of
     |step(prefix_matching) - step(induction_loss)|, "eval_interval": max, "final": {key: stats},
     "phase_order": phase.phase_statistics of the runs}``. Change steps come from each run's
-    tracking.jsonl curves where it has one (``phase.phase_from_run``), else from metrics.jsonl."""
+    tracking.jsonl curves where it has one (``phase.phase_from_run``), else from metrics.jsonl.
+    A run whose logs are unreadable (e.g. a finished seed damaged before ``--resume``) raises
+    :class:`UserError` (one line)."""
+    try:
+        return _summarize_seeds(run_dirs)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise UserError(f"cannot summarise the seed runs: {exc}") from None
+
+
+def _summarize_seeds(run_dirs: Iterable[Path]) -> dict[str, Any]:
     runs, phases = [], []
     for d in run_dirs:
         d = Path(d)
@@ -135,7 +144,7 @@ def run_phase(run_dir: Path) -> dict[str, Any]:
         if not records:
             raise UserError(f"{run_dir} has no evaluation records yet (metrics.jsonl is empty)")
         return phase_from_run(records, tracked)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise UserError(f"cannot read the curves of {run_dir}: {exc}") from None
 
 
@@ -157,22 +166,29 @@ def _ci(s: dict[str, Any]) -> str:
 
 def format_phase_table(d: dict[str, Any]) -> str:
     """Plain-text table of :func:`phase_across_seeds`: per curve the mean change step, its 95%
-    t-interval over runs and the resolution; per pair the mean lag, interval and verdict."""
+    t-interval over runs, the resolution, the mean onset step (``step_onset``: 10% of the fitted
+    change) and the lowest fit R² over runs; per pair the mean lag, interval and verdict ("poor
+    fit": no verdict, a curve's logistic fit explains < ``phase.FIT_R2_MIN`` of its variance in
+    some run)."""
     n = d["n_runs"]
     pct = round(100 * d["level"])
     lines = [f"phase change over {n} run{'s' if n != 1 else ''} (curves from {', '.join(d['sources'])}); "
              f"mean and {pct}% t-interval over runs",
-             f"{'curve':<17} {'mean step':>9}  {f'{pct}% CI':<16} {'resolution':<17} per run"]
+             f"{'curve':<17} {'mean step':>9}  {f'{pct}% CI':<16} {'resolution':<17} {'onset':>8} "
+             f"{'fit R²':>6}  per run"]
     for c, s in d["curves"].items():
         res = f"{s['resolution']:g} steps ({100 * s['relative_resolution']:.1f}%)"
         per = " ".join(f"{v:g}" for v in s["values"])
-        lines.append(f"{c:<17} {s['mean']:>9.1f}  {_ci(s):<16} {res:<17} {per}")
+        onset = f"{s['onset']['mean']:.1f}" if s.get("onset") else "n/a"
+        r2 = f"{s['fit_r2']:.3f}" if s.get("fit_r2") is not None else "n/a"
+        lines.append(f"{c:<17} {s['mean']:>9.1f}  {_ci(s):<16} {res:<17} {onset:>8} {r2:>6}  {per}")
     lines.append(f"{'lag b - a (> 0: a first)':<36} {'mean':>6}  {f'{pct}% CI':<16} verdict")
     for g in d["lags"]:
         pair = f"{g['a']} -> {g['b']}"
         mean = f"{g['mean']:.1f}" if g["mean"] is not None else "n/a"
         lines.append(f"{pair:<36} {mean:>6}  {_ci(g):<16} {g['verdict']}")
-    lines.append(f"ordering: {d['ordering']}  (by mean step; '<': the neighbours' lag interval excludes 0)")
+    lines.append(f"ordering: {d['ordering']}  (by mean step; '<': every pair across it is apart at {pct}%, "
+                 "'≈': not ordered, see the pairs)")
     apart = []
     for g in d["lags"]:
         if g["verdict"] in (f"{g['a']} first", f"{g['b']} first"):
@@ -182,6 +198,10 @@ def format_phase_table(d: dict[str, Any]) -> str:
     pm_icl = next((g for g in d["lags"] if {g["a"], g["b"]} == {"prefix_matching", "icl_score"}), None)
     if pm_icl is not None:
         lines.append(f"prefix matching vs in-context learning (Olsson et al.: together): {pm_icl['verdict']}")
+    poor = [f"{c} ({s['poor_fit']} of {s['n']})" for c, s in d["curves"].items() if s.get("poor_fit")]
+    if poor:
+        lines.append(f"warning: poor logistic fit (R² < {FIT_R2_MIN}; step_fit not a meaningful change step, "
+                     f"no verdict for its pairs): {', '.join(poor)}")
     cut = [f"{c} ({s['truncated']} of {s['n']})" for c, s in d["curves"].items() if s.get("truncated")]
     if cut:
         lines.append(f"warning: curves cut before levelling off (run stopped early; step_fit extrapolated): "

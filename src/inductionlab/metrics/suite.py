@@ -10,12 +10,12 @@ for the copying score.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from .ablation import head_ablation
-from .composition import composition_scores, composition_scores_rotary
+from .composition import ROTARY_DELTAS, composition_scores, composition_scores_rotary
 from .copying import copying_chance, copying_ratios, ov_positivity, ratio_to_score
 from .icl import icl_indices, icl_score_from_curve
 from .induction import loss_by_position
@@ -51,10 +51,11 @@ def _eval_slice(eval_batches, n: int):
 
 
 @torch.no_grad()
-def weight_metrics(model, bos: bool = True) -> dict[str, Any]:
+def weight_metrics(model, bos: bool = True, deltas: Sequence[int] = ROTARY_DELTAS) -> dict[str, Any]:
     """The measurements that need weights only (no data): copying, OV positivity, Q/K/V
-    composition (LayerNorm folded; rotary-aware Q/K composition for rotary models), conv-kernel
-    profiles and smeared-key sigma(alpha). Text runs log these too."""
+    composition (LayerNorm folded; rotary-aware Q/K composition at the relative offsets
+    ``deltas`` for rotary models), conv-kernel profiles and smeared-key sigma(alpha). Text runs
+    log these too."""
     out: dict[str, Any] = {}
     if model.attention_layers:
         ratios = copying_ratios(model, COPY_TOKENS, bos=bos)
@@ -70,7 +71,7 @@ def weight_metrics(model, bos: bool = True) -> dict[str, Any]:
             "baseline": {k: _r(v) for k, v in comp["baseline"].items()},
         }
         if model.cfg.positions == "rotary":
-            rot = composition_scores_rotary(model)
+            rot = composition_scores_rotary(model, deltas)
             out["composition_rotary"] = {
                 "heads": rot["heads"], "deltas": rot["deltas"],
                 **{k: {d: [[None if v is None else _r(v) for v in row] for row in sq] for d, sq in rot[k].items()}
@@ -104,7 +105,11 @@ def _analyze(model, cfg, eval_batches) -> dict[str, Any]:
     bos = d.bos
     tokens, mask = _eval_slice(eval_batches, SUITE_SEQUENCES)
     early, late = icl_indices(tokens.shape[1])
-    out: dict[str, Any] = weight_metrics(model, bos)
+    # rotary Q/K composition at small offsets and at P - 1, where an induction head's key sits
+    # (the token after the previous occurrence), for the training periods' range and middle
+    mid = (d.period_min + d.period_max) // 2
+    deltas = sorted({*ROTARY_DELTAS, d.period_min - 1, mid - 1, d.period_max - 1})
+    out: dict[str, Any] = weight_metrics(model, bos, deltas)
     has_attn = bool(model.attention_layers)
     clean_icl = icl_score_from_curve(loss_by_position(model(tokens), tokens), early, late)
     if has_attn:
