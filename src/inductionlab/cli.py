@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import load_config, preset_names, resolve_source
-from .errors import UserError
+from .errors import UserError, one_line
 
 
 class CLIError(Exception):
@@ -17,7 +17,7 @@ class CLIError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints usage too; keep it to one line)
-        sys.stderr.write(f"inductionlab: error: {message}\n")
+        sys.stderr.write(f"inductionlab: error: {one_line(message)}\n")
         raise SystemExit(2)
 
 
@@ -36,6 +36,9 @@ def cmd_presets(args) -> int:
     return 0
 
 
+MAX_SEEDS = 10_000
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"1,3,5"`` -> [1, 3, 5]."""
     seeds: list[int] = []
@@ -46,6 +49,8 @@ def parse_seeds(text: str) -> list[int]:
                 lo_i, hi_i = int(lo), int(hi)
                 if hi_i < lo_i:
                     raise ValueError
+                if hi_i - lo_i >= MAX_SEEDS:
+                    raise CLIError(f"--seeds: at most {MAX_SEEDS} seeds, got the range '{part.strip()}'")
                 seeds.extend(range(lo_i, hi_i + 1))
             else:
                 seeds.append(int(part))
@@ -67,36 +72,78 @@ def _write_report(run_dirs: list[Path], out: Path) -> None:
 
 def cmd_train(args) -> int:
     from .causality import CausalityError
-    from .train import default_run_dir, train
+
+    if args.resume:
+        if args.config:
+            raise CLIError("--resume takes the config from RUN_DIR/config.toml; drop CONFIG")
+        if args.out:
+            raise CLIError("--resume RUN_DIR is the output directory; drop --out")
+    elif not args.config:
+        raise CLIError("the following arguments are required: config (or --resume RUN_DIR)")
+    progress = False if args.quiet else None
+    try:
+        return _resume(args, progress) if args.resume else _train(args, progress)
+    except CausalityError as exc:
+        raise CLIError(f"refusing to train: {exc}") from None
+
+
+def _train(args, progress) -> int:
+    from .train import default_run_dir, train, train_seeds
 
     cfg = load_config(args.config, args.set)
     seeds = parse_seeds(args.seeds) if args.seeds else None
     out = Path(args.out) if args.out else default_run_dir(cfg)
-    progress = False if args.quiet else None
-    try:
-        if seeds is None:
-            summary = train(cfg, out, progress=progress)
-            print(_summary_text(summary))
-            if not args.no_report:
-                _write_report([out], out / "report.html")
-            return 0
-        run_dirs = []
-        for seed in seeds:
-            seed_cfg = load_config(args.config, [*args.set, f"train.seed={seed}"])
-            run_dir = out / f"seed_{seed}"
-            print(f"== seed {seed} -> {run_dir}")
-            print(_summary_text(train(seed_cfg, run_dir, progress=progress)))
-            run_dirs.append(run_dir)
-    except CausalityError as exc:
-        raise CLIError(f"refusing to train: {exc}") from None
-    from .checkpoint import atomic_write_text
-    from .metrics.seeds import format_seed_summary, summarize_seeds
+    if seeds is None:
+        print(_summary_text(train(cfg, out, progress=progress)))
+        if not args.no_report:
+            _write_report([out], out / "report.html")
+        return 0
+    return _seeds_done(args, out, train_seeds(cfg, seeds, out, progress=progress, on_start=_seed_start,
+                                              on_done=_seed_done))
 
-    summary = summarize_seeds(run_dirs)
-    atomic_write_text(out / "seeds_summary.json", json.dumps(summary, indent=1) + "\n")
+
+def _resume(args, progress) -> int:
+    """``--resume RUN_DIR``: a run directory, or a --seeds output directory (docs/reliability.md)."""
+    from .runstate import is_seeds_dir, run_finished
+    from .train import resume, resume_seeds
+
+    out = Path(args.resume)
+    if args.seeds or is_seeds_dir(out):
+        seeds = parse_seeds(args.seeds) if args.seeds else None
+        return _seeds_done(args, out, resume_seeds(out, seeds, args.set, progress=progress, on_start=_seed_start,
+                                                   on_done=_seed_done))
+    if run_finished(out):
+        try:
+            body = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"cannot read {out / 'summary.json'}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not isinstance(body, dict):
+            raise CLIError(f"cannot read {out / 'summary.json'}: not a JSON object")
+        steps = body.get("steps")
+        print(f"{out}: finished at step {steps}; nothing to resume")
+        return 0
+    summary = resume(out, args.set, progress=progress)
+    print(_summary_text(summary))
+    if not args.no_report:
+        _write_report([out], out / "report.html")
+    return 0
+
+
+def _seed_start(seed: int, run_dir: Path, status: str) -> None:
+    note = {"finished": " (finished: skipped)", "resumed": " (resuming)"}.get(status, "")
+    print(f"== seed {seed} -> {run_dir}{note}")
+
+
+def _seed_done(seed: int, run_dir: Path, summary: dict) -> None:
+    print(_summary_text(summary))
+
+
+def _seeds_done(args, out: Path, summary: dict) -> int:
+    from .metrics.seeds import format_seed_summary
+
     print(format_seed_summary(summary))
     if not args.no_report:
-        _write_report(run_dirs, out / "report.html")
+        _write_report([Path(r["run_dir"]) for r in summary["runs"]], out / "report.html")
     return 0
 
 
@@ -207,13 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="inductionlab", description="Train small transformers and watch induction heads form.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     tr = sub.add_parser("train", help="train a preset or a TOML config")
-    tr.add_argument("config", help="preset name (see `inductionlab presets`) or path to a .toml file")
+    tr.add_argument("config", nargs="?", help="preset name (see `inductionlab presets`) or path to a .toml file")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set train.lr=3e-3 (repeatable)")
     tr.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.add_argument("--seeds", help="train several seeds, e.g. 0-4 or 0,2,5, into OUT/seed_K and summarise")
     tr.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    tr.add_argument("--resume", metavar="RUN_DIR",
+                    help="continue RUN_DIR (or a --seeds output directory) from its newest complete checkpoint, "
+                         "bit-identical on CPU; a finished run is left as it is (exit 0); --set may change only "
+                         "operational keys (docs/reliability.md)")
     tr.set_defaults(func=cmd_train)
     ev = sub.add_parser("eval", help="evaluate a run directory: per-head scores and induction accuracy")
     ev.add_argument("run_dir")
@@ -258,11 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
+        sys.stderr.write("inductionlab: error: a command is required (see inductionlab --help)\n")
         return 2
     try:
         return args.func(args)
     except (UserError, CLIError) as exc:
-        sys.stderr.write(f"inductionlab: error: {exc}\n")
+        sys.stderr.write(f"inductionlab: error: {one_line(exc)}\n")
+        return 2
+    except OSError as exc:  # a file-system failure on a path the user gave (name too long, no space, ...)
+        what = f"cannot access {exc.filename}: {exc.strerror or exc}" if exc.filename else (exc.strerror or str(exc))
+        sys.stderr.write(f"inductionlab: error: {one_line(what)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("inductionlab: interrupted\n")

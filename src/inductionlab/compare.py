@@ -54,11 +54,11 @@ def compare_runs(run_dirs: list[Path]) -> list[dict[str, Any]]:
         rd = Path(rd)
         s = _read_summary(rd)
         c = _read_config(rd)
-        model, data = c.get("model", {}) or {}, c.get("data", {}) or {}
+        model, data = (t if isinstance(t := c.get(sec), dict) else {} for sec in ("model", "data"))
         layers = model.get("layers") or None
         row = {
             "run_dir": str(rd),
-            "name": s.get("name", c.get("name", rd.name)),
+            "name": str(s.get("name", c.get("name", rd.name))),
             "arch": model.get("arch"),
             "layers": layers,
             "data": data.get("kind", "repeat"),
@@ -82,7 +82,10 @@ def _num(v: Any, fmt: str) -> str:
     if isinstance(v, (int, float)):
         if isinstance(v, float) and not math.isfinite(v):
             return str(v)
-        return format(v, fmt)
+        try:
+            return format(v, fmt)
+        except ValueError:  # e.g. a float where an integer was expected ("d")
+            return str(v)
     return str(v)
 
 

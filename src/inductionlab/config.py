@@ -8,6 +8,7 @@ Every key is checked: unknown keys, wrong types and inconsistent values raise
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
@@ -124,6 +125,15 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = leave as is
     grad_accum: int = 1
     progress: bool = True
+    #: resume points (docs/reliability.md): a checkpoint with the full training state every
+    #: ``checkpoint_every`` steps and/or every ``checkpoint_minutes`` minutes (0 = off), into
+    #: checkpoints/periodic/, keeping the newest ``keep_last`` of them while the run is going
+    checkpoint_every: int = 500
+    checkpoint_minutes: float = 10.0
+    keep_last: int = 2
+    #: non-finite training loss: 0 stops the run naming the step; N > 0 skips up to N such steps
+    #: (no update) and stops at the next one (reads the loss every step: one host sync per step)
+    skip_nonfinite: int = 0
 
 
 @dataclass
@@ -159,11 +169,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise ConfigError(f"{key}: {value} is out of range") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
+        return _text(value, key)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -177,6 +193,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{key}: unsupported type")  # pragma: no cover
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _text(value: str, key: str) -> str:
+    """A config string: it becomes part of config.toml (UTF-8) and of paths, so no NUL and no
+    lone surrogate (what undecodable bytes in a command line turn into)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{key}: {value!r} is not valid UTF-8 text") from None
+    if "\x00" in value:
+        raise ConfigError(f"{key}: {value!r} contains a NUL character")
+    return value
 
 
 def _section_from_dict(cls: type, data: Any, section: str) -> Any:
@@ -202,9 +230,11 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     name = data.get("name", "run")
     if not isinstance(name, str) or not name or "/" in name:
         raise ConfigError(f"name: expected a non-empty string without '/', got {name!r}")
+    _text(name, "name")
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"description: expected a string, got {description!r}")
+    _text(description, "description")
     cfg = Config(
         name=name,
         description=description,
@@ -249,6 +279,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 # --------------------------------------------------------------------------- validation
+#: sanity bounds: larger values are typos (or a damaged config.toml), not experiments; past them the
+#: model, a batch or the trainer's schedule would not fit in memory
+MAX_PARAMS = 2**31
+MAX_CTX = 2**16
+MAX_TOKENS = 2**24  # in one training batch, and in the evaluation set
+MAX_EVALS = 10**5
+MAX_TRACKED = 10**7
+
+
+def _approx_params(m: ModelConfig, n_layers: int) -> int:
+    """An upper estimate of the model's parameter count (every layer counted as attention + MLP + conv)."""
+    d, h, e = m.d_model, m.n_heads, m.head_dim
+    layer = 4 * h * d * e + 3 * h * e + 3 * h * e * m.qkv_conv + d * (m.conv_kernel + 5)
+    if m.mlp:
+        layer += 2 * d * m.mlp_dim + m.mlp_dim
+    return (2 * d + 1) * m.vocab_size + m.n_ctx * d + n_layers * layer
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
@@ -276,6 +324,12 @@ def validate(cfg: Config) -> None:
     _check(m.conv_padding in CONV_PADDING, f"model.conv_padding must be one of {', '.join(CONV_PADDING)}")
     _check(m.init_std > 0, "model.init_std must be > 0")
     _check(m.init in INIT_SCHEMES, f"model.init must be one of {', '.join(INIT_SCHEMES)}, got '{m.init}'")
+    # sanity bounds (a typo or a damaged config.toml): beyond them allocating fails with a traceback
+    _check(m.n_ctx <= MAX_CTX, f"model.n_ctx must be <= {MAX_CTX}, got {m.n_ctx}")
+    _check(max(m.conv_kernel, m.qkv_conv) <= MAX_CTX, f"model.conv_kernel and model.qkv_conv must be <= {MAX_CTX}")
+    n_params = _approx_params(m, len(m.layers or ARCHITECTURES[m.arch][0]))
+    _check(n_params <= MAX_PARAMS, f"the model would have about {n_params:.3g} parameters, more than {MAX_PARAMS:.3g} "
+                                   "(check model.vocab_size, d_model, n_heads, d_head, d_mlp and layers)")
 
     _check(d.kind in ("repeat", "text"), f"data.kind must be 'repeat' or 'text', got '{d.kind}'")
     if d.kind == "repeat":
@@ -311,12 +365,24 @@ def validate(cfg: Config) -> None:
     _check(0 <= t.target_accuracy <= 1, "train.target_accuracy must be in [0, 1]")
     _check(t.full_metrics in ("log", "all", "final"), f"train.full_metrics must be log, all or final, got '{t.full_metrics}'")
     _check(t.full_evals >= 1, "train.full_evals must be >= 1")
+    _check(t.full_evals <= 100 and t.log_evals <= 1000, "train.full_evals must be <= 100 and train.log_evals <= 1000")
+    _check(t.steps // t.eval_every <= MAX_EVALS, f"train.steps / train.eval_every is {t.steps // t.eval_every} "
+                                                 f"evaluations, more than {MAX_EVALS}: raise train.eval_every")
+    _check(not t.track_every or t.steps // t.track_every <= MAX_TRACKED,
+           f"train.steps / train.track_every is more than {MAX_TRACKED} tracked steps: raise train.track_every (0 = off)")
+    for what, n in (("train.batch_size", t.batch_size), ("data.eval_sequences", d.eval_sequences)):
+        _check(n * m.n_ctx <= MAX_TOKENS, f"{what} x model.n_ctx is {n * m.n_ctx} tokens, more than {MAX_TOKENS}")
+    _check(t.threads <= 1024, f"train.threads must be <= 1024, got {t.threads}")
     _check(t.loss_on in LOSS_ON, f"train.loss_on must be one of {', '.join(LOSS_ON)}")
     _check(t.amp in ("none", "bf16", "fp16"), f"train.amp must be none, bf16 or fp16, got '{t.amp}'")
     _check(t.threads >= 0 and t.grad_accum >= 1, "train.threads must be >= 0 and train.grad_accum >= 1")
     _check(re.fullmatch(r"cpu|auto|cuda(:\d+)?", t.device) is not None,
            f"train.device must be cpu, cuda, cuda:N or auto, got '{t.device}'")
     _check(0 <= t.seed < 2**62, f"train.seed must be in [0, 2**62), got {t.seed}")
+    _check(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0 = off), got {t.checkpoint_every}")
+    _check(t.checkpoint_minutes >= 0, f"train.checkpoint_minutes must be >= 0 (0 = off), got {t.checkpoint_minutes}")
+    _check(t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}")
+    _check(t.skip_nonfinite >= 0, f"train.skip_nonfinite must be >= 0 (0 = stop at the first), got {t.skip_nonfinite}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -335,6 +401,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
@@ -342,7 +410,11 @@ def read_toml(path: Path) -> dict[str, Any]:
 def resolve_source(source: str) -> dict[str, Any]:
     """Raw dict for a preset name or a path to a TOML file."""
     path = Path(source)
-    if source.endswith(".toml") or path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a file name too long
+        raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
+    if source.endswith(".toml") or exists:
         return read_toml(path)
     if source in preset_names():
         return read_toml(PRESET_DIR / f"{source}.toml")
@@ -353,6 +425,9 @@ def load_config(source: str, overrides: list[str] | None = None) -> Config:
     return config_from_dict(apply_overrides(resolve_source(source), overrides or []))
 
 
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
 def dump_toml(cfg: Config) -> str:
     """Write a config back as TOML (only the value types the config uses)."""
 
@@ -361,8 +436,9 @@ def dump_toml(cfg: Config) -> str:
             return "true" if v else "false"
         if isinstance(v, (int, float)):
             return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, str):  # a basic string: control characters escaped (a newline would end it)
+            return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F
+                                                            else c) for c in v) + '"'
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         raise TypeError(type(v))  # pragma: no cover

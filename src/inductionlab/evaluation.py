@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, checkpoint_step, list_checkpoints, load_weights
-from .config import Config, ConfigError, load_config
+from .config import MAX_TOKENS, Config, ConfigError, load_config
 from .errors import UserError
 from .models import Transformer, build_model
 
@@ -39,6 +39,8 @@ def load_model(cfg: Config, checkpoint: Path, device: str | torch.device = "cpu"
             saved = json.loads(sidecar.read_text())["config"]["model"]
         except (OSError, ValueError, KeyError, TypeError):
             raise CheckpointError(f"checkpoint metadata {sidecar} is unreadable") from None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"checkpoint metadata {sidecar} is unreadable (config.model is not a table)")
         if saved != dataclasses.asdict(cfg.model):
             diff = sorted(k for k in saved.keys() | dataclasses.asdict(cfg.model).keys()
                           if saved.get(k) != dataclasses.asdict(cfg.model).get(k))
@@ -105,6 +107,8 @@ def ablation_study_run(run_dir: Path, sequences: int = 256, step: int | None = N
     if sequences < 2:
         raise EvalError(f"--sequences must be >= 2, got {sequences}")
     cfg = load_run_config(run_dir)
+    if sequences * cfg.model.n_ctx > MAX_TOKENS:
+        raise EvalError(f"--sequences {sequences} x model.n_ctx {cfg.model.n_ctx} is more than {MAX_TOKENS} tokens")
     if cfg.data.kind != "repeat":
         raise EvalError(f"{run_dir} is a {cfg.data.kind} run; the ablation study needs repeated-token data")
     cks = list_checkpoints(run_dir)

@@ -139,12 +139,22 @@ class Tracker:
         return new
 
     def state_dict(self) -> dict[str, Any]:
-        """The generators' states (the batches are drawn at construction from the fixed seeds)."""
-        return {"generators": {c: g.state_dict() for c, g in self.generators.items()}}
+        """The generators' states (the batches are drawn at construction from the fixed seeds),
+        the tracked steps, the device buffer (a host copy: call it where the caller synchronises)
+        and how many rows were flushed (the trainer restores :attr:`records` from tracking.jsonl)."""
+        return {"generators": {c: g.state_dict() for c, g in self.generators.items()},
+                "steps": list(self.steps), "values": self.values.detach().cpu().clone(),
+                "flushed": len(self.records)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for c, g in self.generators.items():
             g.load_state_dict(state["generators"][c])
+        if "values" in state:  # states saved before the buffer was part of them hold generators only
+            if tuple(state["values"].shape) != tuple(self.values.shape):
+                raise ValueError(f"tracker buffer of shape {tuple(state['values'].shape)} does not fit "
+                                 f"{tuple(self.values.shape)}")
+            self.values = state["values"].to(self.values.device).clone()
+            self.steps = [int(s) for s in state["steps"]]
 
 
 def _clean(x: float) -> float | None:

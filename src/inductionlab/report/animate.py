@@ -38,8 +38,8 @@ def write_gif(run_dir: Path, out: Path | None = None, duration_ms: int = 600) ->
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         frames[0].save(out, save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=True)
-    except OSError as exc:
-        raise ReportError(f"cannot write {out}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: PIL knows no image format for the file name
+        raise ReportError(f"cannot write {out}: {getattr(exc, 'strerror', None) or exc}") from None
     return out
 
 

@@ -134,7 +134,8 @@ def _summary_table(runs: list[RunData]) -> str:
         for r in runs:
             v = r.summary.get(k, r.records[-1].get(k if k != "steps" else "step"))
             if isinstance(v, dict) and "name" in v:
-                v = f"{v['name']} ({v.get('score', float('nan')):.3f})"
+                score = v.get("score")
+                v = f"{v['name']} ({score:.3f})" if isinstance(score, (int, float)) else str(v["name"])
             elif isinstance(v, float):
                 v = f"{v:.4g}"
             vals.append("" if v is None else html.escape(str(v)))

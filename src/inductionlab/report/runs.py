@@ -152,12 +152,16 @@ def load_run_data(run_dir: Path) -> RunData:
     if not records:
         raise ReportError(f"{run_dir} has an empty metrics.jsonl (nothing to report yet)")
     summary = {}
+    notes: list[str] = []
     if (run_dir / "summary.json").exists():
         try:
-            summary = json.loads((run_dir / "summary.json").read_text())
-        except json.JSONDecodeError:
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # a run still going has none; a damaged one is left out
             summary = {}
-    notes: list[str] = []
+        if not isinstance(summary, dict):
+            summary = {}
+        if not summary:
+            notes.append("summary.json is unreadable: final values taken from metrics.jsonl")
     samples = [repeat_sample(cfg)]
     if getattr(cfg.data, "kind", "repeat") == "text":
         s, why = text_sample(cfg)
