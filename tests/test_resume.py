@@ -231,7 +231,7 @@ def test_kill_and_resume_text_run_is_bit_identical(tmp_path):
     cfg = load_config("wikitext-conv-attn-cpu", [
         f"data.corpus={json.dumps(str(corpus))}", "data.tokenizer=bpe", "data.bpe_vocab=300",
         f"data.cache_dir={json.dumps(str(tmp_path / 'cache'))}", "data.max_eval_tokens=1024",
-        "model.d_model=32", "model.n_heads=2", "model.n_ctx=64", "train.batch_size=8", "train.steps=60",
+        "model.d_model=32", "model.n_heads=2", "model.n_ctx=64", "train.batch_size=8", "train.steps=120",
         "train.warmup=2", "train.eval_every=20", "train.log_evals=0", 'train.full_metrics="log"',
         "train.full_evals=2", "train.checkpoint_every=10", "train.threads=1"])
     toml = tmp_path / "text.toml"
@@ -239,9 +239,10 @@ def test_kill_and_resume_text_run_is_bit_identical(tmp_path):
     ref = tmp_path / "ref"
     train(load_config(str(toml)), ref, progress=False)  # also fills the tokenizer and token caches
     out = tmp_path / "run"
-    plan = [("step", 0, 20), ("write", "json")]  # json: weights and state renamed, sidecar not yet
+    a, b, c = (("step", 0, s) for s in random_targets(random.Random(1), 90, 10, 3))
+    plan = [a, ("write", "json"), b, ("write", "state.pt"), c]  # json: weights and state renamed, sidecar not yet
     kills = kill_and_resume([str(toml), "--out", str(out)], ["--resume", str(out)], [out], plan, seed=1)
-    assert kills == 2
+    assert kills == 5  # three random moments and two inside checkpoint writes
     assert_same_run(ref, out)
 
 
@@ -252,10 +253,11 @@ def test_kill_and_resume_seeds(tmp_path, capsys):
     out = tmp_path / "seeds"
     sets = [x for s in over for x in ("--set", s)]
     dirs = [out / "seed_0", out / "seed_1"]
-    plan = [("write", "safetensors"), ("step", 1, 20)]  # safetensors: nothing renamed yet
+    # safetensors: nothing renamed yet; the first two kills land in seed 0, the last two in seed 1
+    plan = [("write", "safetensors"), ("step", 0, 30), ("write", "state.pt"), ("step", 1, 20), ("step", 1, 40)]
     kills = kill_and_resume(["induction-2l", "--out", str(out), "--seeds", "0-1", *sets],
                             ["--resume", str(out), "--seeds", "0-1"], dirs, plan, seed=2)
-    assert kills == 2
+    assert kills == 5
     for d in dirs:
         assert_same_run(ref / d.name, d)
     got = json.loads((out / "seeds_summary.json").read_text())
