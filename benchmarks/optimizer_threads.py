@@ -9,8 +9,9 @@ import time
 
 import torch
 
-from inductionlab.config import load_config
-from inductionlab.train import RepeatTask, init_model, training_loss
+from inductionlab.configfile import load_config
+from inductionlab.tasks import RepeatTask
+from inductionlab.train import init_model, training_loss
 
 
 def steps_per_second(fused: bool, threads: int, steps: int = 150) -> float:

@@ -93,7 +93,7 @@ def reference_run(seed: int, target: float = 0.95, max_steps: int = 3000, eval_e
 
 # --------------------------------------------------------------------------- inductionlab
 def inductionlab_run(seed: int, tmp: Path):
-    from inductionlab.config import load_config
+    from inductionlab.configfile import load_config
     from inductionlab.train import train
 
     cfg = load_config("induction-2l", [f"train.seed={seed}"])

@@ -70,7 +70,7 @@ EXPERIMENTS = {"results": RESULTS, "classic": CLASSIC, "metrics": METRICS}
 
 # ----------------------------------------------------------------------------- running
 def _train_one(preset: str, overrides: list[str], out: str) -> str:
-    from inductionlab.config import load_config
+    from inductionlab.configfile import load_config
     from inductionlab.train import train
 
     cfg = load_config(preset, [*overrides, "train.threads=1", "train.progress=false"])

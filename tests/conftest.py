@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inductionlab.config import load_config
+from inductionlab.configfile import load_config
 
 
 @pytest.fixture(scope="session")

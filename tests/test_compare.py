@@ -7,7 +7,7 @@ import json
 import pytest
 
 from inductionlab.compare import CompareError, compare_runs, format_table
-from inductionlab.config import dump_toml, load_config
+from inductionlab.configfile import dump_toml, load_config
 from inductionlab.errors import UserError
 
 

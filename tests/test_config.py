@@ -1,13 +1,7 @@
 import pytest
 
-from inductionlab.config import (
-    ConfigError,
-    apply_overrides,
-    config_from_dict,
-    dump_toml,
-    load_config,
-    preset_names,
-)
+from inductionlab.config import ConfigError, config_from_dict
+from inductionlab.configfile import apply_overrides, dump_toml, load_config, preset_names
 
 
 def test_every_preset_loads():

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from inductionlab.config import ConfigError, dump_toml, load_config
+from inductionlab.config import ConfigError
+from inductionlab.configfile import dump_toml, load_config
 from inductionlab.models import build_model
 
 

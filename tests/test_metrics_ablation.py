@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inductionlab.cli import main
-from inductionlab.config import load_config
+from inductionlab.configfile import load_config
 from inductionlab.data.synthetic import EVAL_SEED_OFFSET, RepeatedTokens
 from inductionlab.errors import UserError
 from inductionlab.metrics.ablation import (CURRENT_TOKEN_THRESHOLD, INDUCTION_THRESHOLD, KINDS,

@@ -2,7 +2,7 @@
 
 import torch
 
-from inductionlab.config import load_config
+from inductionlab.configfile import load_config
 from inductionlab.metrics.copying import (
     copying_chance,
     copying_ratio,

@@ -2,7 +2,7 @@
 
 import torch
 
-from inductionlab.config import load_config
+from inductionlab.configfile import load_config
 from inductionlab.metrics.kernels import (
     conv_kernel_profiles,
     kernel_profile,

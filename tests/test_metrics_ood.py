@@ -2,7 +2,7 @@
 
 import torch
 
-from inductionlab.config import load_config
+from inductionlab.configfile import load_config
 from inductionlab.data.synthetic import RepeatedTokens
 from inductionlab.metrics.induction import induction_accuracy
 from inductionlab.metrics.ood import (

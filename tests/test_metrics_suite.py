@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from inductionlab.config import load_config
+from inductionlab.configfile import load_config
 from inductionlab.metrics.ablation import ablate_heads, head_ablation
 from inductionlab.metrics.evaluate import evaluate_repeat
 from inductionlab.metrics.suite import SUITE_SEQUENCES, _eval_slice, analyze_repeat
 from inductionlab.models import build_model
-from inductionlab.train import make_task
+from inductionlab.tasks import make_task
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from inductionlab.config import POSITIONS, ModelConfig
-from inductionlab.models import ARCHITECTURES, build_model
+from inductionlab.models import ARCHITECTURES, AttnConfig, ConvConfig, build_model
 
 
 def small(**kw) -> ModelConfig:
@@ -39,7 +39,7 @@ def test_fast_path_equals_pattern_path(arch, opts):
 
 
 def test_smeared_keys_formula():
-    m = build_model(small(arch="smeared-1l", positions="none", smear_init=0.7)).eval()
+    m = build_model(small(arch="smeared-1l", positions="none", mixers={"attn": AttnConfig(smear_init=0.7)})).eval()
     tokens = torch.randint(0, 50, (2, 24))
     _, cache = m.run_with_cache(tokens, ["blocks.0.attn.hook_k", "blocks.0.hook_resid_pre"])
     a = m.blocks[0].attn
@@ -74,7 +74,8 @@ def test_positions_build_and_run(positions):
 
 
 def test_primer_qkv_conv_and_non_residual_conv():
-    m = build_model(small(arch="conv-attn", qkv_conv=3, conv_residual=False))
+    m = build_model(small(arch="conv-attn",
+                          mixers={"attn": AttnConfig(qkv_conv=3), "conv": ConvConfig(residual=False)}))
     assert m.blocks[0].residual is False
     assert m(torch.randint(0, 50, (2, 24))).shape == (2, 24, 50)
 
@@ -86,8 +87,9 @@ def test_rotary_extrapolates_but_learned_refuses_long_input():
         build_model(small(positions="learned"))(torch.randint(0, 50, (1, 40)))
 
 
-def test_torch_func_and_vmap_over_stacked_models():
-    models = [build_model(small(arch="attn-only-2l", positions="rotary")) for _ in range(3)]
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_torch_func_and_vmap_over_stacked_models(arch):
+    models = [build_model(small(arch=arch, positions="rotary")) for _ in range(3)]
     params, buffers = stack_module_state(models)
     base = models[0]
     tokens = torch.randint(0, 50, (2, 24))

@@ -41,7 +41,7 @@ from inductionlab.checkpoint import (
     verify_checkpoint,
 )
 from inductionlab.cli import main
-from inductionlab.config import dump_toml, load_config
+from inductionlab.configfile import dump_toml, load_config
 from inductionlab.evaluation import load_model
 from inductionlab.runstate import SUMMARY_TIMING_FIELDS, TIMING_FIELDS, RunError
 from inductionlab.train import NAN_STEPS_ENV, resume, train, train_seeds

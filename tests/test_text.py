@@ -12,9 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from inductionlab.config import ConfigError, load_config
+from inductionlab.config import ConfigError
+from inductionlab.configfile import load_config
+from inductionlab.data import cache as cache_mod
+from inductionlab.data import corpus as corpus_mod
 from inductionlab.data import text
-from inductionlab.data.text import DataError, TextTask, resolve_text_vocab
+from inductionlab.data import tokenizer as tokenizer_mod
+from inductionlab.data.text import DataError, resolve_text_vocab
+from inductionlab.tasks import TextTask
 from inductionlab.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,13 +37,6 @@ needs_wikitext = pytest.mark.skipif(_shared() is None, reason="offline WikiText-
 
 WORDS = ("the cat sat on a mat while the dog ran after it and then both of them fell asleep near "
          "an old red barn at the edge of a quiet village").split()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_memo():
-    text._PREPARED.clear()
-    yield
-    text._PREPARED.clear()
 
 
 @pytest.fixture
@@ -93,7 +91,7 @@ def test_txt_corpus_splits(txt_corpus):
 
 
 def test_missing_data_is_one_line_user_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(text, "search_bases", lambda data_dir="": [tmp_path])
+    monkeypatch.setattr(corpus_mod, "search_bases", lambda data_dir="": [tmp_path])
     with pytest.raises(DataError) as exc:
         text.load_corpus("wikitext-2")
     msg = str(exc.value)
@@ -136,7 +134,7 @@ def _mini_wikitext(root: Path, suffix: str, splits=("train", "valid", "test")) -
 def test_raw_falls_back_to_tokens_offline(monkeypatch, tmp_path, capsys):
     _mini_wikitext(tmp_path / "wikitext-2-raw-v1", "raw", splits=("valid", "test"))  # like the offline copy
     _mini_wikitext(tmp_path / "wikitext-2-v1", "tokens")
-    monkeypatch.setattr(text, "search_bases", lambda data_dir="": [tmp_path])
+    monkeypatch.setattr(corpus_mod, "search_bases", lambda data_dir="": [tmp_path])
     c = text.load_corpus("wikitext-2-raw")
     assert c.name == "wikitext-2-v1" and c.notes and "wiki.train.raw" in c.notes[0]
     assert "tokenised" in capsys.readouterr().err
@@ -155,7 +153,7 @@ def test_hub_path_mocked(monkeypatch, tmp_path):
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(text, "search_bases", lambda data_dir="": [tmp_path])
+    monkeypatch.setattr(corpus_mod, "search_bases", lambda data_dir="": [tmp_path])
     c = text.load_corpus("wikitext-2-raw")
     assert calls == [("wikitext", "wikitext-2-raw-v1")]
     assert c.source == "hub:wikitext/wikitext-2-raw-v1"
@@ -194,13 +192,13 @@ def test_offline_train_split_tokenised_once_then_cached(monkeypatch, tmp_path):
     corpus.splits["valid"] = corpus.splits["valid"][:2]  # keep the test about the train split
     tok = text.load_gpt2_tokenizer(str(_shared()))
     calls = []
-    real = text._encode_documents
+    real = cache_mod._encode_documents
 
     def counting(tok_, docs, eot):
         calls.append(len(docs))
         return real(tok_, docs, eot)
 
-    monkeypatch.setattr(text, "_encode_documents", counting)
+    monkeypatch.setattr(cache_mod, "_encode_documents", counting)
     first, folder = text.tokenize_corpus(corpus, tok, str(tmp_path))
     assert len(calls) == 2 and calls[0] == len(corpus.splits["train"])
     assert len(first["train"]) > 2_000_000 and first["train"].dtype == np.uint16
@@ -210,7 +208,7 @@ def test_offline_train_split_tokenised_once_then_cached(monkeypatch, tmp_path):
     def boom(*a, **k):
         raise AssertionError("tokenizer called although the cache is warm")
 
-    monkeypatch.setattr(text, "_encode_documents", boom)
+    monkeypatch.setattr(cache_mod, "_encode_documents", boom)
     second, folder2 = text.tokenize_corpus(corpus, tok, str(tmp_path))
     assert folder2 == folder and isinstance(second["train"], np.memmap)
     assert np.array_equal(np.asarray(second["train"]), np.asarray(first["train"]))
@@ -221,9 +219,8 @@ def test_trained_bpe_cached_and_vocab_resolved(txt_corpus, tmp_path, monkeypatch
     cfg = tiny_text_cfg(txt_corpus, tmp_path / "cache")
     assert resolve_text_vocab(cfg) == cfg.model.vocab_size == 300
     assert list((tmp_path / "cache" / "bpe").glob("*-300.json"))
-    text._PREPARED.clear()
-    monkeypatch.setattr(text, "train_bpe", lambda *a: (_ for _ in ()).throw(AssertionError("retrained")))
-    monkeypatch.setattr(text, "_encode_documents", lambda *a: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    monkeypatch.setattr(tokenizer_mod, "train_bpe", lambda *a: (_ for _ in ()).throw(AssertionError("retrained")))
+    monkeypatch.setattr(cache_mod, "_encode_documents", lambda *a: (_ for _ in ()).throw(AssertionError("re-encoded")))
     cfg2 = tiny_text_cfg(txt_corpus, tmp_path / "cache")
     assert resolve_text_vocab(cfg2) == 300  # tokenizer and ids both from the cache
 
@@ -237,9 +234,11 @@ def test_pack_has_no_padding():
 
 
 def test_icl_indices():  # the text task uses the one rule of metrics/icl.py
-    assert text.icl_indices(1024) == (50, 500)
-    assert text.icl_indices(256) == (50, 254)
-    assert text.icl_indices(64) == (12, 62)
+    from inductionlab.tasks import text as text_task
+
+    assert text_task.icl_indices(1024) == (50, 500)
+    assert text_task.icl_indices(256) == (50, 254)
+    assert text_task.icl_indices(64) == (12, 62)
 
 
 def test_task_vocab_mismatch_is_user_error(txt_corpus, tmp_path):
@@ -371,8 +370,9 @@ def test_text_analyze_logs_weight_metrics_and_conv_profile(tmp_path, monkeypatch
     """Text runs get the weight-only suite: the conv-kernel profile per offset among them."""
     import torch
 
-    from inductionlab.config import load_config
-    from inductionlab.data.text import TextTask, resolve_text_vocab
+    from inductionlab.configfile import load_config
+    from inductionlab.data.text import resolve_text_vocab
+    from inductionlab.tasks import TextTask
     from inductionlab.train import init_model
 
     monkeypatch.setenv("INDUCTIONLAB_CACHE", str(tmp_path / "cache"))

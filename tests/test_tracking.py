@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from inductionlab.config import ConfigError, load_config
+from inductionlab.config import ConfigError
+from inductionlab.configfile import load_config
 from inductionlab.data.synthetic import EVAL_SEED_OFFSET, RepeatedTokens
 from inductionlab.evaluation import load_run
 from inductionlab.metrics.heads import best_head, prefix_matching_score, previous_token_score
@@ -15,7 +16,8 @@ from inductionlab.metrics.induction import induction_loss
 from inductionlab.metrics.ood import OOD_SEED
 from inductionlab.metrics.tracking import CURVES, SEED_OFFSETS, SEQUENCES, Tracker, read_tracking
 from inductionlab.models import build_model
-from inductionlab.train import RepeatTask, eval_steps, train
+from inductionlab.tasks import RepeatTask
+from inductionlab.train import eval_steps, train
 
 SHORT = ["train.steps=40", "train.eval_every=20", "train.log_evals=0", "train.track_every=5",
          "train.target_accuracy=0", "train.threads=1", 'train.full_metrics="all"']

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inductionlab.config import load_config
+from inductionlab.configfile import load_config
 from inductionlab.evaluation import load_run
 from inductionlab.metrics.ood import accuracy_by_period
 from inductionlab.train import RunError, eval_steps, full_metric_steps, lr_factor, train
@@ -113,7 +113,8 @@ def test_loss_on_induction_is_an_explicit_option(tmp_path):
     """``loss_on = "induction"`` trains only on predictions made from a repeated token; the
     default objective covers every position."""
     from inductionlab.data.synthetic import RepeatedTokens, induction_mask
-    from inductionlab.train import make_task, training_loss
+    from inductionlab.tasks import make_task
+    from inductionlab.train import training_loss
 
     for preset in ("induction-2l", "induction-1l", "induction-2l-classic", "induction-conv-attn"):
         assert load_config(preset).train.loss_on == "all"

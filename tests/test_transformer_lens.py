@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inductionlab.config import load_config
+from inductionlab.configfile import load_config
 from inductionlab.data.synthetic import BOS
 from inductionlab.export import ExportError, export_transformer_lens, load_hooked_transformer, to_hooked_transformer
 from inductionlab.metrics.composition import composition_scores

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .errors import UserError
+from .models.mode import eval_mode
 
 
 class CausalityError(UserError, RuntimeError):
@@ -22,9 +23,7 @@ def check_causal(model, vocab_size: int, seq_len: int, batch: int = 4, seed: int
     convolution padded on both sides or a wrong mask are caught at every offset they leak from.
     """
     g = torch.Generator(device="cpu").manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         tokens = torch.randint(0, vocab_size, (batch, seq_len), generator=g).to(device)
         base = model(tokens).float()
         tol = rtol * float(base.abs().max().clamp_min(1e-30))
@@ -45,6 +44,3 @@ def check_causal(model, vocab_size: int, seq_len: int, batch: int = 4, seed: int
                     f"model is not causal: changing tokens after position {t} changed the logits at "
                     f"position(s) {bad[:5]}{'...' if len(bad) > 5 else ''} by up to {float(diff):.3g} "
                     f"(it sees the future; e.g. a convolution padded on both sides)")
-    finally:
-        if was_training:
-            model.train()

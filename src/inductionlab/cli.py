@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import load_config, preset_names, resolve_source
+from .configfile import load_config, preset_names, resolve_source
 from .errors import UserError, one_line
 
 
@@ -19,13 +19,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints usage too; keep it to one line)
         sys.stderr.write(f"inductionlab: error: {one_line(message)}\n")
         raise SystemExit(2)
-
-
-def _fmt_heads(scores: dict[str, list[float]]) -> list[str]:
-    lines = []
-    for layer, vals in scores.items():
-        lines.append(f"  L{layer}: " + "  ".join(f"H{h}={v:.2f}" for h, v in enumerate(vals)))
-    return lines
 
 
 def cmd_presets(args) -> int:
@@ -148,20 +141,15 @@ def _seeds_done(args, out: Path, summary: dict) -> int:
 
 
 def _summary_text(s: dict) -> str:
+    from .evaluation import format_scores
+
+    head = s.get("headline") if isinstance(s.get("headline"), dict) else {}
     lines = [f"run: {s['run_dir']}", f"steps: {s['steps']}  seconds: {s['seconds']}"]
-    for key in ("induction_accuracy", "induction_loss", "first_period_loss", "val_loss", "val_accuracy",
-                "icl_score"):
-        if key in s:
-            lines.append(f"{key}: {s[key]:.4f}")
-    for key, label in (("best_previous_token_head", "previous-token head"), ("best_induction_head", "induction head")):
-        if key in s:
-            h = s[key]
-            lines.append(f"best {label}: {h['name']} score {h['score']:.3f}")
-    return "\n".join(lines)
+    return "\n".join(lines + format_scores(s, head.get("metric"), per_head=False))
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import evaluate_run
+    from .evaluation import evaluate_run, format_scores
 
     if args.ablation:
         return _eval_ablation(args)
@@ -172,19 +160,8 @@ def cmd_eval(args) -> int:
         print(json.dumps(result, indent=1))
         return 0
     for rec in result["checkpoints"]:
-        if "induction_accuracy" in rec:
-            print(f"step {rec['step']}: induction_accuracy {rec['induction_accuracy']:.4f}  "
-                  f"induction_loss {rec['induction_loss']:.4f}")
-        else:
-            print(f"step {rec['step']}: val_loss {rec['val_loss']:.4f}  val_accuracy {rec['val_accuracy']:.4f}"
-                  + (f"  icl_score {rec['icl_score']:.4f}" if "icl_score" in rec else ""))
-        print(" previous-token score per head:")
-        print("\n".join(_fmt_heads(rec["previous_token"])))
-        print(" prefix-matching score per head:")
-        print("\n".join(_fmt_heads(rec["prefix_matching"])))
-        print(f" best previous-token head: {rec['best_previous_token_head']['name']} "
-              f"({rec['best_previous_token_head']['score']:.3f}); best induction head: "
-              f"{rec['best_induction_head']['name']} ({rec['best_induction_head']['score']:.3f})")
+        print(f"step {rec['step']}:")
+        print("\n".join(" " + line for line in format_scores(rec, result["headline"])))
     return 0
 
 

@@ -10,8 +10,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, read_toml
+from .config import ConfigError
+from .configfile import read_toml
 from .errors import UserError
+from .metrics.heads import HEAD_METRICS
 
 
 class CompareError(UserError):
@@ -67,10 +69,10 @@ def compare_runs(run_dirs: list[Path]) -> list[dict[str, Any]]:
             "d_model": model.get("d_model"),
             "n_ctx": model.get("n_ctx"),
         }
-        for key in ("steps", "seconds", "n_params", "tokens_seen", "device", "train_loss",
+        for key in ("headline", "steps", "seconds", "n_params", "tokens_seen", "device", "train_loss",
                     "val_loss", "val_accuracy", "icl_score", "icl_indices", "unigram_entropy",
                     "unigram_val_loss", "repeat_accuracy", "induction_accuracy", "induction_loss",
-                    "best_induction_head", "best_previous_token_head"):
+                    *BEST_HEADS):
             row[key] = s.get(key)
         rows.append(row)
     return rows
@@ -112,8 +114,19 @@ def _seconds(v: Any) -> str:
     return f"{v:.0f} s" if v < 120 else f"{v / 60:.1f} min"
 
 
+def _headline(h: Any) -> str:
+    if not isinstance(h, dict) or not isinstance(h.get("metric"), str):
+        return "-"
+    arrow = "higher" if h.get("higher_is_better", True) else "lower"
+    return f"{h['metric']} {_num(h.get('value'), '.4f')} ({arrow} is better)"
+
+
+#: the best-head records of the per-head scores (metrics/heads.py), in registry order
+BEST_HEADS = [m.best for m in HEAD_METRICS.values() if m.best]
+
 #: (label, row -> text); a line is printed only if some run has a value for it
 LINES = [
+    ("headline", lambda r: _headline(r["headline"])),
     ("arch", lambda r: _num(r["arch"], "")),
     ("tokenizer / vocab", lambda r: "-" if r["tokenizer"] is None else f"{r['tokenizer']} / {r['vocab_size']}"),
     ("val loss (nats)", lambda r: _num(r["val_loss"], ".4f")),
@@ -124,8 +137,7 @@ LINES = [
         if isinstance(r["icl_indices"], list) and len(r["icl_indices"]) == 2 else "")),
     ("repeated-text accuracy", lambda r: _num(r["repeat_accuracy"], ".4f")),
     ("induction accuracy", lambda r: _num(r["induction_accuracy"], ".4f")),
-    ("best prefix-matching head", lambda r: _head(r["best_induction_head"])),
-    ("best previous-token head", lambda r: _head(r["best_previous_token_head"])),
+    *((f"best {m.title} head", lambda r, k=m.best: _head(r[k])) for m in HEAD_METRICS.values() if m.best),
     ("parameters", lambda r: _count(r["n_params"])),
     ("tokens seen", lambda r: _count(r["tokens_seen"])),
     ("steps", lambda r: _num(r["steps"], "d")),

@@ -1,35 +1,34 @@
-"""Typed configuration: dataclasses, TOML loading, validation and ``--set`` overrides.
+"""Typed configuration: the schema (dataclasses), coercion of raw tables and validation. Reading
+presets and TOML files, ``--set`` overrides and writing TOML back are in ``configfile.py``.
 
 A config has three sections, ``[model]``, ``[data]`` and ``[train]``, plus an optional ``name``.
+``[model]`` holds one subtable per mixer's settings (``[model.attn]``, ``[model.conv]``, ...: the
+mixers own them, models/mixer.py); ``--set model.conv.kernel=7`` reaches into one, and the flat
+keys of earlier versions (``model.conv_kernel``) still read as the table keys they became.
 Every key is checked: unknown keys, wrong types and inconsistent values raise
 :class:`ConfigError` with one readable line (the CLI turns it into exit code 2).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """Bad configuration: the message is one line meant for the user."""
+from .errors import ConfigError, UserError  # noqa: F401 (ConfigError is part of this module's API)
+from .models.init import SCHEMES as INIT_SCHEMES
+from .models.registry import ARCHITECTURES, LEGACY_KEYS, default_settings, mixer_spec
+from .registry import TASKS
 
 
 POSITIONS = ("learned", "sinusoidal", "rotary", "shortformer", "none")
 SCHEDULES = ("cosine", "constant")
-PERIOD_MODES = ("batch", "sequence")
 LOSS_ON = ("all", "induction")
-INIT_SCHEMES = ("gpt2", "torch", "transformer-lens")  # models/init.py
-CONV_PADDING = ("causal", "same")  # "same" leaks the future: kept only to demonstrate the guard
 
 
 @dataclass
@@ -46,15 +45,6 @@ class ModelConfig:
     layernorm: bool = False
     mlp: bool = False
     d_mlp: int = 0  # 0 -> 4 * d_model
-    conv_kernel: int = 5
-    #: a conv layer adds to the residual stream (True) or replaces it (False, the original
-    #: Conv-Attn: embedding -> conv -> attention -> unembedding)
-    conv_residual: bool = True
-    conv_padding: str = "causal"
-    #: depthwise causal conv of this kernel on Q, K and V inside attention (Primer); 0 = off
-    qkv_conv: int = 0
-    #: initial value of the smeared-key logit alpha (sigma(alpha) is the weight of k_j itself)
-    smear_init: float = 0.0
     #: initialisation scheme: gpt2 (N(0, init_std)), torch (PyTorch layer defaults) or
     #: transformer-lens (N(0, 0.8/sqrt(d_model))); see models/init.py
     init: str = "gpt2"
@@ -62,6 +52,32 @@ class ModelConfig:
     init_std: float = 0.02
     #: make the final LayerNorm (if ``layernorm``) present
     final_ln: bool = True
+    #: the mixers' settings, one ``[model.<name>]`` table each: ``{name: settings dataclass}``
+    #: (``mixers["conv"]`` is a ``ConvConfig``, also reachable as ``cfg.conv``). Filled with the
+    #: defaults of every built-in mixer and of each import-path mixer in the layer list.
+    mixers: dict[str, Any] = field(default_factory=dict, metadata={"subtables": True})
+
+    #: flat keys of earlier versions -> the ``table.key`` they set (read and --set as aliases)
+    ALIASES: typing.ClassVar[dict[str, tuple[str, ...]]] = LEGACY_KEYS
+
+    def __post_init__(self) -> None:
+        kinds = self.layers if isinstance(self.layers, list) and self.layers else \
+            list(ARCHITECTURES.get(self.arch, ([], ""))[0])
+        self.mixers = {**default_settings(kinds), **self.mixers}
+        for name in self.mixers:
+            _check(name not in _field_names(ModelConfig),
+                   f"a mixer's settings table [model.{name}] has the name of a [model] key")
+
+    def __getattr__(self, name: str) -> Any:
+        """``cfg.conv`` -> ``cfg.mixers["conv"]``; old flat names (``cfg.conv_kernel``) read through."""
+        mixers = self.__dict__.get("mixers") or {}
+        if name in mixers:
+            return mixers[name]
+        if name in LEGACY_KEYS:
+            table, key = LEGACY_KEYS[name][0].split(".")
+            if table in mixers:
+                return getattr(mixers[table], key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def head_dim(self) -> int:
@@ -74,22 +90,28 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "repeat"  # "repeat" (synthetic) or "text"
-    period_min: int = 20
-    period_max: int = 29
-    period_mode: str = "batch"  # draw the period per batch or per sequence
-    bos: bool = True
+    """The keys every task's ``[data]`` section has. ``kind`` names the task (registry.TASKS);
+    the task's own config dataclass (a subclass of this one, in its ``tasks/`` file) adds its
+    keys and checks them in :meth:`validate`."""
+
+    kind: str = "repeat"
     #: held-out evaluation sequences (their own generator, seed ``train.seed + 1_000_003``)
     eval_sequences: int = 256
-    # text data (issue: natural text)
-    corpus: str = "wikitext-2"
-    data_dir: str = ""
-    tokenizer: str = "gpt2"
-    bpe_vocab: int = 4096
-    max_eval_tokens: int = 0
-    #: where tokenised corpora and trained tokenizers are cached ("" -> $INDUCTIONLAB_CACHE or
-    #: ~/.cache/inductionlab)
-    cache_dir: str = ""
+
+    def validate(self, cfg: "Config") -> None:
+        """Check this section against the whole config (raise :class:`ConfigError`)."""
+
+
+def _task(kind: str):
+    spec = TASKS.get(kind)
+    if spec is None:
+        raise ConfigError(f"data.kind must be one of {', '.join(sorted(TASKS))}, got {kind!r}")
+    return spec
+
+
+def default_data() -> DataConfig:
+    """The ``[data]`` section of a config that does not name a task: repeated random tokens."""
+    return _task("repeat").config()
 
 
 @dataclass
@@ -110,7 +132,8 @@ class TrainConfig:
     #: measure the phase-change curves on the device every ``track_every`` steps and write them to
     #: tracking.jsonl at the evaluations (metrics/tracking.py; repeat data only); 0 = off
     track_every: int = 5
-    #: stop as soon as held-out induction accuracy reaches this (0 = never)
+    #: stop as soon as the task's headline metric (induction accuracy for repeated tokens) reaches
+    #: this, in its direction (>= when higher is better, <= for a loss); 0 = never
     target_accuracy: float = 0.0
     #: which positions the training loss covers: all, or only those a perfect induction
     #: circuit can predict (targets that already occurred one period earlier)
@@ -141,14 +164,90 @@ class Config:
     name: str = "run"
     description: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=default_data)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain dicts and lists, subtables nested (``d["model"]["conv"]["kernel"]``)."""
+        d = dataclasses.asdict(self)
+        d.update({sec: table_dict(getattr(self, sec)) for sec in SECTIONS})
+        return d
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+# --------------------------------------------------------------------------- subtables
+# A section may hold subtables ([model.conv]): a field typed as a dataclass is one, and a field
+# marked ``metadata={"subtables": True}`` (``ModelConfig.mixers``) holds ``{name: dataclass}``
+# whose keys, as the section's ``__post_init__`` fills them with defaults, are the tables it takes.
+# A section's ``ALIASES`` maps old flat keys to the ``table.key`` they became.
+def _subtables_field(cls: type) -> str | None:
+    return next((f.name for f in dataclasses.fields(cls) if f.metadata.get("subtables")), None)
+
+
+def _field_names(cls: type) -> set[str]:
+    """The keys of section ``cls`` (its fields, less the one holding subtables)."""
+    return {f.name for f in dataclasses.fields(cls) if not f.metadata.get("subtables")}
+
+
+def _is_settings(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _takes_table(cls: type, name: str) -> bool:
+    """Whether ``[section.name]`` may be a subtable of section ``cls`` (checked fully when parsed)."""
+    if _subtables_field(cls) is not None:
+        return True
+    return name in _field_names(cls) and _is_settings(typing.get_type_hints(cls).get(name))
+
+
+def table_dict(obj: Any) -> dict[str, Any]:
+    """A section (dataclass) as a plain dict, subtables nested: ``{"arch": ..., "conv": {"kernel": 5, ...}}``."""
+    tables = _subtables_field(type(obj))
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == tables:
+            out.update({k: table_dict(v) for k, v in value.items()})
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = table_dict(value)
+        else:
+            out[f.name] = copy.deepcopy(value)
+    return out
+
+
+def model_table(data: Any) -> Any:
+    """A saved ``[model]`` table (a checkpoint's, maybe in the flat layout of earlier versions) in
+    today's layout with defaults filled in, as ``table_dict(cfg.model)`` gives it; ``data``
+    itself if it does not parse."""
+    try:
+        return table_dict(_section_from_dict(ModelConfig, data, "model"))
+    except ConfigError:
+        return data
+
+
+def _resolve_aliases(cls: type, table: dict[str, Any], section: str) -> dict[str, Any]:
+    """``table`` with the old flat keys of ``cls.ALIASES`` moved to the ``table.key`` they became
+    (``conv_kernel = 5`` -> ``[model.conv] kernel = 5``); a key given both ways is an error."""
+    aliases = getattr(cls, "ALIASES", {})
+    if not any(k in table for k in aliases):
+        return table
+    table = dict(table)
+    for old, paths in aliases.items():
+        if old not in table:
+            continue
+        value = table.pop(old)
+        for path in paths:
+            sub, key = path.split(".")
+            current = table.get(sub, {})
+            if not isinstance(current, dict):
+                raise ConfigError(f"[{section}.{sub}] must be a table, got {current!r}")
+            if key in current:
+                raise ConfigError(f"{section}.{old} and {section}.{path} are both set ({section}.{old} is the "
+                                  f"old name of {section}.{path}): keep one")
+            table[sub] = {**current, key: value}
+    return table
 
 
 # --------------------------------------------------------------------------- coercion
@@ -158,6 +257,8 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
+    if _is_settings(tp):  # a subtable [section.key]
+        return _section_from_dict(tp, value, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -208,16 +309,59 @@ def _text(value: str, key: str) -> str:
 
 
 def _section_from_dict(cls: type, data: Any, section: str) -> Any:
+    """Section (or subtable) ``section`` of dataclass ``cls`` from its raw TOML table."""
     if not isinstance(data, dict):
         raise ConfigError(f"[{section}] must be a table, got {data!r}")
+    data = _resolve_aliases(cls, data, section)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
+    names = _field_names(cls)
+    tables = _subtables_field(cls)
+    kwargs, subtables = {}, {}
     for key, value in data.items():
-        if key not in names:
+        if key in names:
+            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+        elif tables is not None:
+            subtables[key] = value
+        else:
             raise ConfigError(f"unknown config key '{section}.{key}' (known: {', '.join(sorted(names))})")
-        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    if tables is not None:
+        own = getattr(obj, tables)  # the tables this section takes (for [model]: its mixers'), at their defaults
+        for key, value in subtables.items():
+            if key not in own:
+                raise ConfigError(f"unknown config key '{section}.{key}' (known: {', '.join(sorted(names))}; "
+                                  f"tables: {', '.join(own) or 'none'})")
+            own[key] = _section_from_dict(type(own[key]), value, f"{section}.{key}")
+    return obj
+
+
+def _data_from_dict(data: Any) -> DataConfig:
+    """The ``[data]`` section, parsed by the config class of the task ``kind`` names. Keys of
+    another task's section holding that task's default value are dropped (a config.toml written
+    before each task owned its section lists every task's keys); other foreign keys are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"[data] must be a table, got {data!r}")
+    kind = data.get("kind", "repeat")
+    if not isinstance(kind, str):
+        raise ConfigError(f"data.kind: expected a string, got {kind!r}")
+    cls = _task(kind).config
+    own = {f.name for f in dataclasses.fields(cls)}
+    kept = {}
+    for key, value in data.items():
+        if key not in own:
+            other = next((t for t in TASKS.values() if any(f.name == key for f in dataclasses.fields(t.config))), None)
+            if other is not None:
+                default = next(f for f in dataclasses.fields(other.config) if f.name == key)
+                if default.default is not dataclasses.MISSING and value == default.default:
+                    continue
+                raise ConfigError(f"data.{key} belongs to the {other.name} task, not to data.kind = {kind!r}")
+        kept[key] = value
+    return _section_from_dict(cls, kept, "data")
+
+
+def data_keys() -> set[str]:
+    """Every ``[data]`` key some registered task knows."""
+    return {f.name for t in TASKS.values() for f in dataclasses.fields(t.config)}
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -238,44 +382,11 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     cfg = Config(
         name=name,
         description=description,
-        **{sec: _section_from_dict(cls, data.get(sec, {}), sec) for sec, cls in SECTIONS.items()},
+        **{sec: _section_from_dict(cls, data.get(sec, {}), sec) for sec, cls in SECTIONS.items() if sec != "data"},
+        data=_data_from_dict(data.get("data", {})),
     )
     validate(cfg)
     return cfg
-
-
-# --------------------------------------------------------------------------- overrides
-def _parse_value(text: str) -> Any:
-    """Parse the right-hand side of ``--set key=value`` as a TOML value, else a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings to a raw config dict (before validation)."""
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        if key in ("name", "description"):
-            data[key] = text
-            continue
-        parts = key.split(".")
-        if len(parts) != 2 or parts[0] not in SECTIONS:
-            raise ConfigError(f"unknown config key '{key}' (use model.X, data.X or train.X)")
-        section, name = parts
-        fields_ = {f.name for f in dataclasses.fields(SECTIONS[section])}
-        if name not in fields_:
-            raise ConfigError(f"unknown config key '{key}' (known in [{section}]: {', '.join(sorted(fields_))})")
-        data.setdefault(section, {})
-        if not isinstance(data[section], dict):
-            raise ConfigError(f"[{section}] must be a table")
-        data[section][name] = _parse_value(text)
-    return data
 
 
 # --------------------------------------------------------------------------- validation
@@ -289,26 +400,34 @@ MAX_TRACKED = 10**7
 
 
 def _approx_params(m: ModelConfig, n_layers: int) -> int:
-    """An upper estimate of the model's parameter count (every layer counted as attention + MLP + conv)."""
+    """An upper estimate of the model's parameter count (every layer counted as attention + MLP,
+    plus what every mixer's settings add: conv kernels, Q/K/V convs, ...)."""
     d, h, e = m.d_model, m.n_heads, m.head_dim
-    layer = 4 * h * d * e + 3 * h * e + 3 * h * e * m.qkv_conv + d * (m.conv_kernel + 5)
+    layer = 4 * h * d * e + 3 * h * e + 5 * d
+    layer += sum(s.approx_params(m) for s in m.mixers.values() if callable(getattr(s, "approx_params", None)))
     if m.mlp:
         layer += 2 * d * m.mlp_dim + m.mlp_dim
     return (2 * d + 1) * m.vocab_size + m.n_ctx * d + n_layers * layer
 
 
-def _check(cond: bool, msg: str) -> None:
+def check(cond: bool, msg: str) -> None:
+    """Raise :class:`ConfigError` with ``msg`` unless ``cond`` (for the sections' ``validate``)."""
     if not cond:
         raise ConfigError(msg)
 
 
-def validate(cfg: Config) -> None:
-    from .models.registry import ARCHITECTURES, LAYER_KINDS  # local: avoid import cycle
+_check = check
 
+
+def validate(cfg: Config) -> None:
     m, d, t = cfg.model, cfg.data, cfg.train
     _check(m.arch in ARCHITECTURES, f"unknown architecture '{m.arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
     for kind in m.layers:
-        _check(kind in LAYER_KINDS, f"unknown layer kind '{kind}' in model.layers (known: {', '.join(LAYER_KINDS)})")
+        mixer_spec(kind)  # unknown, unimportable or not a mixer: one line
+    tables = default_settings(m.layers or ARCHITECTURES[m.arch][0])  # the tables these mixers take
+    for table, settings in m.mixers.items():
+        _check(table in tables and type(settings) is type(tables[table]),
+               f"model.mixers['{table}'] is not the settings of a mixer in this model (tables: {', '.join(tables)})")
     _check(m.vocab_size >= 2, f"model.vocab_size must be >= 2, got {m.vocab_size}")
     _check(m.d_model >= 1 and m.n_heads >= 1, "model.d_model and model.n_heads must be positive")
     if not m.d_head:
@@ -319,35 +438,20 @@ def validate(cfg: Config) -> None:
     _check(m.positions in POSITIONS, f"model.positions must be one of {', '.join(POSITIONS)}, got '{m.positions}'")
     if m.positions == "rotary":
         _check(m.head_dim % 2 == 0, f"rotary positions need an even head dimension, got {m.head_dim}")
-    _check(m.conv_kernel >= 1, f"model.conv_kernel must be >= 1, got {m.conv_kernel}")
-    _check(m.qkv_conv >= 0, f"model.qkv_conv must be >= 0, got {m.qkv_conv}")
-    _check(m.conv_padding in CONV_PADDING, f"model.conv_padding must be one of {', '.join(CONV_PADDING)}")
+    for table, settings in m.mixers.items():  # each mixer checks its own [model.<table>]
+        if callable(getattr(settings, "validate", None)):
+            settings.validate(f"model.{table}", m)
     _check(m.init_std > 0, "model.init_std must be > 0")
     _check(m.init in INIT_SCHEMES, f"model.init must be one of {', '.join(INIT_SCHEMES)}, got '{m.init}'")
     # sanity bounds (a typo or a damaged config.toml): beyond them allocating fails with a traceback
     _check(m.n_ctx <= MAX_CTX, f"model.n_ctx must be <= {MAX_CTX}, got {m.n_ctx}")
-    _check(max(m.conv_kernel, m.qkv_conv) <= MAX_CTX, f"model.conv_kernel and model.qkv_conv must be <= {MAX_CTX}")
     n_params = _approx_params(m, len(m.layers or ARCHITECTURES[m.arch][0]))
     _check(n_params <= MAX_PARAMS, f"the model would have about {n_params:.3g} parameters, more than {MAX_PARAMS:.3g} "
                                    "(check model.vocab_size, d_model, n_heads, d_head, d_mlp and layers)")
 
-    _check(d.kind in ("repeat", "text"), f"data.kind must be 'repeat' or 'text', got '{d.kind}'")
-    if d.kind == "repeat":
-        _check(1 <= d.period_min <= d.period_max,
-               f"data.period_min ({d.period_min}) must be >= 1 and <= data.period_max ({d.period_max})")
-        usable = m.n_ctx - (1 if d.bos else 0)
-        _check(2 * d.period_max <= usable,
-               f"data.period_max ({d.period_max}) is longer than the context allows: a period must repeat at "
-               f"least once in model.n_ctx={m.n_ctx} tokens{' after BOS' if d.bos else ''} (max {usable // 2})")
-        needed = m.vocab_size - (1 if d.bos else 0)
-        _check(needed >= 2, "model.vocab_size too small for random tokens")
-    if d.kind == "text":
-        _check(bool(d.corpus), "data.corpus must name a corpus (wikitext-2, wikitext-2-raw) or a path to .txt data")
-        _check(bool(d.tokenizer), "data.tokenizer must be 'gpt2', 'bpe' or a path to a tokenizer.json")
-        _check(d.bpe_vocab >= 260, f"data.bpe_vocab must be >= 260 (256 bytes + special tokens), got {d.bpe_vocab}")
-        _check(d.max_eval_tokens == 0 or d.max_eval_tokens >= m.n_ctx,
-               f"data.max_eval_tokens must be 0 (default bound) or >= model.n_ctx ({m.n_ctx}), got {d.max_eval_tokens}")
-    _check(d.period_mode in PERIOD_MODES, f"data.period_mode must be one of {', '.join(PERIOD_MODES)}")
+    _check(d.kind in TASKS, f"data.kind must be one of {', '.join(sorted(TASKS))}, got '{d.kind}'")
+    _check(isinstance(d, TASKS[d.kind].config), f"[data] is not a {d.kind} section")
+    d.validate(cfg)  # the task's own checks
     _check(d.eval_sequences >= 1, "data.eval_sequences must be >= 1")
 
     _check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
@@ -362,7 +466,11 @@ def validate(cfg: Config) -> None:
     _check(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
     _check(t.log_evals >= 0, "train.log_evals must be >= 0")
     _check(t.track_every >= 0, f"train.track_every must be >= 0 (0 = off), got {t.track_every}")
-    _check(0 <= t.target_accuracy <= 1, "train.target_accuracy must be in [0, 1]")
+    spec = TASKS[d.kind]
+    lo, hi = spec.headline_range
+    _check(t.target_accuracy >= 0 and (hi is None or t.target_accuracy <= hi),
+           f"train.target_accuracy (a target for the {d.kind} task's headline {spec.headline}) must be in "
+           f"[0, {hi if hi is not None else 'inf'}], got {t.target_accuracy}")
     _check(t.full_metrics in ("log", "all", "final"), f"train.full_metrics must be log, all or final, got '{t.full_metrics}'")
     _check(t.full_evals >= 1, "train.full_evals must be >= 1")
     _check(t.full_evals <= 100 and t.log_evals <= 1000, "train.full_evals must be <= 100 and train.log_evals <= 1000")
@@ -383,70 +491,3 @@ def validate(cfg: Config) -> None:
     _check(t.checkpoint_minutes >= 0, f"train.checkpoint_minutes must be >= 0 (0 = off), got {t.checkpoint_minutes}")
     _check(t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}")
     _check(t.skip_nonfinite >= 0, f"train.skip_nonfinite must be >= 0 (0 = stop at the first), got {t.skip_nonfinite}")
-
-
-# --------------------------------------------------------------------------- loading
-PRESET_DIR = Path(__file__).parent / "presets"
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def resolve_source(source: str) -> dict[str, Any]:
-    """Raw dict for a preset name or a path to a TOML file."""
-    path = Path(source)
-    try:
-        exists = path.exists()
-    except OSError as exc:  # e.g. a file name too long
-        raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
-    if source.endswith(".toml") or exists:
-        return read_toml(path)
-    if source in preset_names():
-        return read_toml(PRESET_DIR / f"{source}.toml")
-    raise ConfigError(f"unknown preset '{source}' and no such config file (presets: {', '.join(preset_names())})")
-
-
-def load_config(source: str, overrides: list[str] | None = None) -> Config:
-    return config_from_dict(apply_overrides(resolve_source(source), overrides or []))
-
-
-_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def dump_toml(cfg: Config) -> str:
-    """Write a config back as TOML (only the value types the config uses)."""
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):  # a basic string: control characters escaped (a newline would end it)
-            return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F
-                                                            else c) for c in v) + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        raise TypeError(type(v))  # pragma: no cover
-
-    d = cfg.to_dict()
-    lines = [f"name = {fmt(d['name'])}", f"description = {fmt(d['description'])}", ""]
-    for sec in SECTIONS:
-        lines.append(f"[{sec}]")
-        lines.extend(f"{k} = {fmt(v)}" for k, v in d[sec].items())
-        lines.append("")
-    return "\n".join(lines)

@@ -15,3 +15,9 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return one_line(super().__str__())
+
+
+class ConfigError(UserError, ValueError):
+    """Bad configuration: the message is one line meant for the user (``inductionlab.config``
+    re-exports it; it lives here so that the mixers in ``models/`` can raise it without importing
+    the config module, which imports them)."""

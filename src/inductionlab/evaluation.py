@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,8 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, checkpoint_step, list_checkpoints, load_weights
-from .config import MAX_TOKENS, Config, ConfigError, load_config
+from .config import MAX_TOKENS, Config, ConfigError, model_table, table_dict
+from .configfile import load_config
 from .errors import UserError
 from .models import Transformer, build_model
 
@@ -41,9 +41,9 @@ def load_model(cfg: Config, checkpoint: Path, device: str | torch.device = "cpu"
             raise CheckpointError(f"checkpoint metadata {sidecar} is unreadable") from None
         if not isinstance(saved, dict):
             raise CheckpointError(f"checkpoint metadata {sidecar} is unreadable (config.model is not a table)")
-        if saved != dataclasses.asdict(cfg.model):
-            diff = sorted(k for k in saved.keys() | dataclasses.asdict(cfg.model).keys()
-                          if saved.get(k) != dataclasses.asdict(cfg.model).get(k))
+        saved, now = model_table(saved), table_dict(cfg.model)  # an old checkpoint's flat keys read as today's
+        if saved != now:
+            diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
             raise CheckpointError(f"checkpoint {checkpoint} was trained with a different model config "
                                   f"(differs in: {', '.join(diff)})")
     model = build_model(cfg.model)
@@ -71,7 +71,9 @@ def load_run(run_dir: Path, step: int | None = None, device: str = "cpu") -> tup
 
 
 def evaluate_run(run_dir: Path, checkpoints: str = "last", device: str = "cpu") -> dict[str, Any]:
-    from .train import make_task
+    """``{"run_dir", "headline": metric key, "checkpoints": [{"step", evaluation, analysis}]}``:
+    the run's task evaluates and analyses its last (or every) checkpoint."""
+    from .tasks import make_task, task_spec
 
     if checkpoints not in ("last", "all"):
         raise EvalError(f"--checkpoints must be 'last' or 'all', got '{checkpoints}'")
@@ -90,7 +92,33 @@ def evaluate_run(run_dir: Path, checkpoints: str = "last", device: str = "cpu") 
             raise EvalError(str(exc)) from None
         rec = {"step": checkpoint_step(ck), **task.evaluate(model), **task.analyze(model)}
         out.append(rec)
-    return {"run_dir": str(run_dir), "checkpoints": out}
+    return {"run_dir": str(run_dir), "headline": task_spec(cfg).headline, "checkpoints": out}
+
+
+#: scalar metrics a text summary of an evaluation or a run shows, when present (the headline first)
+SCALAR_KEYS = ("induction_accuracy", "induction_loss", "first_period_loss",
+               "val_loss", "val_accuracy", "icl_score")
+
+
+def format_scores(rec: dict[str, Any], headline: str | None = None, per_head: bool = True) -> list[str]:
+    """Text lines of one evaluation record or summary: the headline and the other scalar metrics,
+    then, for every per-head score of metrics/heads.py's registry that ``rec`` holds, the scores
+    per layer (``per_head``) and the best head."""
+    from .metrics.heads import HEAD_METRICS
+
+    keys = [k for k in dict.fromkeys([headline, *SCALAR_KEYS]) if k and isinstance(rec.get(k), (int, float))]
+    lines = [f"{k}: {rec[k]:.4f}" + ("  (headline)" if k == headline else "") for k in keys]
+    for key, metric in HEAD_METRICS.items():
+        scores = rec.get(key)
+        if per_head and isinstance(scores, dict) and metric.source == "pattern":
+            lines.append(f" {metric.title} score per head:")
+            lines += [f"  L{layer}: " + "  ".join(f"H{h}={v:.3f}" for h, v in enumerate(vals))
+                      for layer, vals in scores.items()]
+        best = rec.get(metric.best) if metric.best else None
+        if isinstance(best, dict) and "name" in best:
+            label = metric.best.removeprefix("best_").removesuffix("_head").replace("_", "-")
+            lines.append(f"best {label} head: {best['name']} score {best['score']:.3f}")
+    return lines
 
 
 def ablation_study_run(run_dir: Path, sequences: int = 256, step: int | None = None, device: str = "cpu",

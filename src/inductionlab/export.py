@@ -24,9 +24,10 @@ plus the position table:
 * LayerNorm (eps 1e-5) -> ``normalization_type = "LN"``, none -> ``None``; MLP -> ``act_fn = "gelu"``
   (TransformerLens maps it to ``torch.nn.functional.gelu``, the exact erf GELU we use).
 
-What TransformerLens cannot represent raises :class:`ExportError` (one line): conv layers,
-smeared keys, Q/K/V convolutions, and LayerNorm without the final LayerNorm (TransformerLens has
-one ``normalization_type`` for every norm of the model).
+What TransformerLens cannot represent raises :class:`ExportError` (one line): every layer kind but
+``attn`` (conv layers, smeared keys, linear attention, import-path mixers), Q/K/V convolutions
+(``model.attn.qkv_conv``), and LayerNorm without the final LayerNorm (TransformerLens has one
+``normalization_type`` for every norm of the model).
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ def check_exportable(m: ModelConfig) -> None:
         if kind == "smeared":
             raise ExportError(f"{why} layer {i} has smeared keys (TransformerLens has no key smearing)")
         if kind != "attn":
-            raise ExportError(f"{why} layer {i} is a '{kind}' layer (only attention layers map)")
-    if m.qkv_conv:
-        raise ExportError(f"{why} model.qkv_conv = {m.qkv_conv} (TransformerLens has no Q/K/V convolution)")
+            raise ExportError(f"{why} layer {i} is a '{kind}' layer (only softmax attention layers map)")
+    if m.mixers["attn"].qkv_conv:
+        raise ExportError(f"{why} model.attn.qkv_conv = {m.mixers['attn'].qkv_conv} "
+                          "(TransformerLens has no Q/K/V convolution)")
     if m.layernorm and not m.final_ln:
         raise ExportError(f"{why} model.layernorm = true with model.final_ln = false (TransformerLens uses "
                           "one normalization type for every LayerNorm, the final one included)")

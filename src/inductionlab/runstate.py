@@ -49,8 +49,10 @@ from .checkpoint import (
     state_path,
     verify_checkpoint,
 )
-from .config import Config, ConfigError, config_from_dict, dump_toml, load_config
+from .config import Config, ConfigError, config_from_dict
+from .configfile import dump_toml, load_config
 from .errors import UserError
+from .registry import TASKS
 
 #: layout version of the resume state (``compat.format``); a state of another format is refused
 STATE_FORMAT = 1
@@ -68,14 +70,15 @@ class RunError(UserError):
 
 
 # --------------------------------------------------------------------------- config identity
-def _flat(cfg: Config | dict[str, Any]) -> dict[str, Any]:
+def _flat(cfg: Config | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model.d_model": 64, "model.conv.kernel": 5, ...}``: subtables flattened too."""
     d = cfg.to_dict() if isinstance(cfg, Config) else cfg
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update({f"{k}.{kk}": list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()})
+            out.update(_flat(v, f"{prefix}{k}."))
         else:
-            out[k] = v
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
 
 
@@ -101,19 +104,16 @@ def config_hash(cfg: Config | dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 
-def data_fingerprint(cfg: Config) -> dict[str, str]:
-    """Content hashes of a text run's corpus and tokenizer (empty for synthetic data)."""
-    if cfg.data.kind != "text":
-        return {}
-    from .data.text import prepare_text, tokenizer_digest  # memoised: no extra work
-
-    data = prepare_text(cfg)
-    return {"corpus": data.corpus.digest, "tokenizer": tokenizer_digest(data.tokenizer)}
+def data_fingerprint(cfg: Config, resources: Any = None) -> dict[str, str]:
+    """Content hashes of the data a task reads from files (a text run's corpus and tokenizer:
+    its ``TaskSpec.fingerprint``); empty for generated data."""
+    spec = TASKS[cfg.data.kind]
+    return spec.fingerprint(cfg, resources) if spec.fingerprint else {}
 
 
-def compat_record(cfg: Config) -> dict[str, Any]:
+def compat_record(cfg: Config, resources: Any = None) -> dict[str, Any]:
     return {"format": STATE_FORMAT, "inductionlab": __version__, "torch": str(torch.__version__),
-            "config_sha256": config_hash(cfg), "data": data_fingerprint(cfg)}
+            "config_sha256": config_hash(cfg), "data": data_fingerprint(cfg, resources)}
 
 
 def _check_compat(saved: Any, now: dict[str, Any], where: str) -> None:
@@ -291,7 +291,7 @@ def _log_prefix(path: Path, size: int, lines: int, step: int) -> list[dict[str, 
         raise RunError(f"{path} is unreadable before step {step}: {exc}") from None
 
 
-def find_resume_point(run_dir: Path, cfg: Config) -> ResumePoint | None:
+def find_resume_point(run_dir: Path, cfg: Config, compat: dict[str, Any] | None = None) -> ResumePoint | None:
     """The newest complete resume point of ``run_dir``, verified (hashes, safe load, compatibility,
     logs), or None when the run never wrote one. Changes nothing on disk."""
     stems = resume_stems(run_dir)
@@ -306,7 +306,7 @@ def find_resume_point(run_dir: Path, cfg: Config) -> ResumePoint | None:
     except CheckpointError as exc:
         raise RunError(f"cannot resume {where}: {exc}") from None
     require_same_config(body.get("config", {}), cfg, where, "its checkpoint was trained with a config that differs in")
-    _check_compat(state.get("compat"), compat_record(cfg), where)
+    _check_compat(state.get("compat"), compat or compat_record(cfg), where)
     try:
         logs, step = state["logs"], int(state["loop"]["step"])
         metrics = _log_prefix(Path(run_dir) / "metrics.jsonl", logs["metrics_bytes"], logs["metrics_lines"], step)
@@ -373,9 +373,9 @@ def _sync_file(path: Path) -> tuple[int, int]:
 class RunWriter:
     """The run directory of one training process (see the module docstring)."""
 
-    def __init__(self, run_dir: Path, cfg: Config, meta: dict[str, Any]):
+    def __init__(self, run_dir: Path, cfg: Config, meta: dict[str, Any], resources: Any = None):
         self.run_dir, self.cfg, self.meta = Path(run_dir), cfg, meta
-        self.compat = compat_record(cfg)
+        self.compat = compat_record(cfg, resources)
         self.point: ResumePoint | None = None
         self.summary: dict[str, Any] | None = None  # set when the run had already finished
         self.last_good: int | None = None  # step of the newest complete resume point
@@ -384,10 +384,11 @@ class RunWriter:
 
     @classmethod
     def open(cls, run_dir: Path, cfg: Config, model: torch.nn.Module, meta: dict[str, Any], resume: bool,
-             analysis_checkpoints: int) -> "RunWriter":
+             analysis_checkpoints: int, resources: Any = None) -> "RunWriter":
         """A fresh run directory, or (``resume`` and the directory holds a run of this config) the
-        run at its newest complete resume point; a finished run is only read (:attr:`summary`)."""
-        w = cls(run_dir, cfg, meta)
+        run at its newest complete resume point; a finished run is only read (:attr:`summary`).
+        ``resources``: what ``tasks.prepare`` returned (the data fingerprint reuses it)."""
+        w = cls(run_dir, cfg, meta, resources)
         try:
             return w._open(model, resume, analysis_checkpoints)
         except BaseException:
@@ -410,7 +411,7 @@ class RunWriter:
                 return w
             probe_writable(run_dir)
             w._lock = _lock(run_dir)
-            w.point = find_resume_point(run_dir, cfg)
+            w.point = find_resume_point(run_dir, cfg, w.compat)
             clean_after(run_dir, w.point.step if w.point else 0)
             w.last_good = w.point.step if w.point else None
         else:

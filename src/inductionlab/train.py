@@ -11,25 +11,24 @@ points and checkpoints.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .causality import check_causal
 from .checkpoint import atomic_write_text
-from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config
-from .data.synthetic import EVAL_SEED_OFFSET, RepeatedTokens
-from .metrics.evaluate import evaluate_repeat
+from .config import Config, ConfigError, config_from_dict
+from .configfile import apply_overrides, load_config
 from .metrics.phase import phase_from_run
-from .metrics.suite import analyze_repeat
 from .metrics.tracking import Tracker
 from .models import Transformer, build_model
+from .schedule import eval_steps, full_metric_steps, lr_factor  # noqa: F401 - part of this module's API
+from .tasks import headline_record, make_task, prepare, task_spec
 from .runstate import (
     SEED_PLAN,
     CheckpointPolicy,
@@ -45,62 +44,6 @@ from .runstate import (
     seed_config,
     write_seed_plan,
 )
-
-
-# --------------------------------------------------------------------------- tasks
-class Task(Protocol):
-    #: the metric the progress bar and ``target_accuracy`` look at
-    headline: str
-
-    def train_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]: ...
-    def evaluate(self, model: Transformer) -> dict[str, Any]: ...
-    def analyze(self, model: Transformer) -> dict[str, Any]: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-
-
-class RepeatTask:
-    """Repeated random tokens; evaluation on a fixed held-out set with per-sequence periods."""
-
-    headline = "induction_accuracy"
-
-    def __init__(self, cfg: Config, device: torch.device):
-        m, d, t = cfg.model, cfg.data, cfg.train
-        self.cfg = cfg
-        self.bos = d.bos
-        self.loss_on = t.loss_on
-        self.data = RepeatedTokens(m.vocab_size, m.n_ctx, d.period_min, d.period_max, d.bos,
-                                   d.period_mode, device, seed=t.seed)
-        held_out = RepeatedTokens(m.vocab_size, m.n_ctx, d.period_min, d.period_max, d.bos,
-                                  "sequence", device, seed=t.seed + EVAL_SEED_OFFSET)
-        self.eval_batches = held_out.fixed_set(d.eval_sequences)
-
-    def train_batch(self, batch_size: int):
-        b = self.data.sample(batch_size)
-        return b.tokens, (b.induction_mask if self.loss_on == "induction" else None)
-
-    def evaluate(self, model: Transformer) -> dict[str, Any]:
-        return evaluate_repeat(model, self.eval_batches, self.bos)
-
-    def analyze(self, model: Transformer) -> dict[str, Any]:
-        """The full measurement suite (slower; run at log-spaced evaluations)."""
-        return analyze_repeat(model, self.cfg, self.eval_batches)
-
-    def state_dict(self) -> dict:
-        return self.data.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.data.load_state_dict(state)
-
-
-def make_task(cfg: Config, device: torch.device) -> Task:
-    if cfg.data.kind == "repeat":
-        return RepeatTask(cfg, device)
-    from .data.text import TextTask  # natural text (optional dependencies)
-
-    return TextTask(cfg, device)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -133,46 +76,6 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused kernel not available for this device/dtype
         return torch.optim.AdamW(groups, foreach=True, **kwargs)
-
-
-def lr_factor(step: int, cfg: Config) -> float:
-    """Multiplier of ``train.lr`` at optimizer step ``step`` (0-based)."""
-    t = cfg.train
-    if t.warmup and step < t.warmup:
-        return (step + 1) / t.warmup
-    if t.schedule == "constant":
-        return 1.0
-    span = max(1, t.steps - t.warmup)
-    progress = min(1.0, (step - t.warmup) / span)
-    return t.min_lr_frac + (1 - t.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def eval_steps(cfg: Config) -> list[int]:
-    """Regular evaluations every ``eval_every`` steps, ``log_evals`` log-spaced ones before the
-    first regular one (the early, fast-changing part of training), and the last step."""
-    t = cfg.train
-    steps = set(range(t.eval_every, t.steps + 1, t.eval_every)) | {t.steps}
-    if t.log_evals:
-        hi = min(t.eval_every, t.steps)
-        for i in range(t.log_evals):
-            steps.add(max(1, round(hi ** (i / t.log_evals))))
-    return sorted(s for s in steps if 1 <= s <= t.steps)
-
-
-def full_metric_steps(cfg: Config) -> set[int]:
-    """Evaluation steps that also run the full suite and keep a checkpoint (the last step always)."""
-    t = cfg.train
-    evals = eval_steps(cfg)
-    if t.full_metrics == "all":
-        return set(evals)
-    chosen = {t.steps}
-    if t.full_metrics == "log":
-        regular = [s for s in evals if s >= min(t.eval_every, t.steps)]
-        lo, hi = regular[0], regular[-1]
-        for i in range(t.full_evals):
-            want = lo * (hi / lo) ** (i / max(1, t.full_evals - 1))
-            chosen.add(min(regular, key=lambda s: abs(math.log(s) - math.log(want))))
-    return chosen
 
 
 def training_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -224,30 +127,28 @@ def train(cfg: Config, out: Path | None = None, progress: bool | None = None, re
     device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
-    if cfg.data.kind == "text":  # the model's vocabulary is the tokenizer's (fills the token cache)
-        from .data.text import resolve_text_vocab
-
-        resolve_text_vocab(cfg)
+    cfg, resources = prepare(cfg)  # a text task: model.vocab_size = the tokenizer's (a copy of cfg)
     model = init_model(cfg, device)
     check_causal(model, cfg.model.vocab_size, cfg.model.n_ctx, device=device)  # CausalityError
     full_steps = full_metric_steps(cfg)
     meta = {"config": cfg.to_dict(), "n_params": model.num_params(), "layers": model.layer_kinds}
     writer = RunWriter.open(out if out is not None else default_run_dir(cfg), cfg, model, meta, resume,
-                            analysis_checkpoints=len(full_steps))
+                            analysis_checkpoints=len(full_steps), resources=resources)
     try:
         if writer.summary is not None:  # finished before: nothing to do
             return writer.summary
-        return _run(cfg, model, device, writer, full_steps, progress)
+        return _run(cfg, model, device, writer, full_steps, progress, resources)
     finally:
         writer.close()
 
 
 def _run(cfg: Config, model: Transformer, device: torch.device, writer: RunWriter, full_steps: set[int],
-         progress: bool | None) -> dict[str, Any]:
+         progress: bool | None, resources: Any = None) -> dict[str, Any]:
     t = cfg.train
     run_dir = writer.run_dir
-    task = make_task(cfg, device)
-    tracker = Tracker(cfg, device)  # phase-change curves every train.track_every steps, on the device
+    task = make_task(cfg, device, resources)
+    spec = task_spec(cfg)
+    tracker = Tracker(cfg, device, enabled=spec.phase_tracking)  # phase-change curves every train.track_every steps, on the device
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     scaler, autocast = _amp(cfg, device)
@@ -257,7 +158,6 @@ def _run(cfg: Config, model: Transformer, device: torch.device, writer: RunWrite
     policy = CheckpointPolicy(t)
     evals = set(eval_steps(cfg))
     nan_steps = _nan_steps()
-    tracking = run_dir / "tracking.jsonl"
     show = t.progress if progress is None else progress
     bar = None
     if show:
@@ -279,39 +179,14 @@ def _run(cfg: Config, model: Transformer, device: torch.device, writer: RunWrite
             if bar is not None:
                 bar.update(1)
             if step in evals:
-                e0 = time.perf_counter()
-                writer.check_finite(loop, t.skip_nonfinite)  # host syncs, at the evaluation point only
-                train_loss = float(loop.loss_sum) / max(1, loop.loss_count)
-                loop.loss_sum.zero_()
-                loop.loss_count = 0
-                ev = task.evaluate(model)
-                loop.eval_seconds += time.perf_counter() - e0
-                last = {"step": step, "seconds": round(elapsed(), 3), "lr": lr_used,
-                        "train_loss": round(train_loss, 5), **ev}
-                if loop.skipped:
-                    last["skipped_nonfinite"] = loop.skipped
-                stop = bool(t.target_accuracy and task.headline == "induction_accuracy"
-                            and ev["induction_accuracy"] >= t.target_accuracy)
-                if step in full_steps or stop:
-                    a0 = time.perf_counter()
-                    last.update(task.analyze(model))
-                    loop.eval_seconds += time.perf_counter() - a0
-                    last["full"] = True
-                    if step != t.steps and not stop:
-                        writer.save(step, model)  # an analysis checkpoint (weights only)
-                writer.append(last)
-                tracker.flush(tracking)  # the host copy, at the evaluation point
-                loop.records.append(last)
+                last = _evaluation_point(step, lr_used, cfg, model, task, writer, loop, tracker, full_steps, elapsed)
                 if bar is not None:
-                    post = {"loss": f"{train_loss:.3f}", task.headline[:9]: f"{ev[task.headline]:.3f}"}
-                    bar.set_postfix(post, refresh=False)
-                if stop:
-                    loop.reached_at = step
-                    loop.done = True
+                    bar.set_postfix({"loss": f"{last['train_loss']:.3f}",
+                                     spec.headline[:9]: f"{last[spec.headline]:.3f}"}, refresh=False)
             if not loop.done and step < t.steps and policy.enabled and policy.due(step):
                 writer.check_finite(loop, t.skip_nonfinite)  # never checkpoint a diverged model
                 writer.save_resume_point(step, model, parts, loop, elapsed(), policy=policy)
-        tracker.flush(tracking)
+        tracker.flush(run_dir / "tracking.jsonl")
         if writer.point is None or loop.step > writer.point.step:  # else resumed at the final checkpoint
             writer.save_resume_point(loop.step, model, parts, loop, elapsed(), final=True)
     except OSError as exc:  # metrics.jsonl / tracking.jsonl (checkpoint writes report themselves)
@@ -319,27 +194,68 @@ def _run(cfg: Config, model: Transformer, device: torch.device, writer: RunWrite
     finally:
         if bar is not None:
             bar.close()
-    last = loop.records[-1] if loop.records else {}
-    summary = {
-        "name": cfg.name,
-        "run_dir": str(run_dir),
-        "steps": loop.step,
-        "seconds": round(elapsed(), 3),
-        "eval_seconds": round(loop.eval_seconds, 3),
-        "n_params": model.num_params(),
-        "tokens_seen": loop.step * t.grad_accum * t.batch_size * cfg.model.n_ctx,
-        "device": str(device),
-        "reached_target_at": loop.reached_at,
-        "phase_change": phase_from_run(loop.records, tracker.records),
-        **({"skipped_nonfinite": loop.skipped} if loop.skipped else {}),
-        **{k: v for k, v in last.items() if k not in ("step", "seconds", "loss_by_position")},
-    }
+    summary = run_summary(cfg, run_dir, model, device, loop, tracker, elapsed())
     try:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     except OSError as exc:
         raise RunError(writer.write_failed(exc, "summary")) from None
     writer.finish()
     return summary
+
+
+def _evaluation_point(step: int, lr_used: float, cfg: Config, model, task, writer: RunWriter, loop: LoopState,
+                      tracker: Tracker, full_steps: set[int], elapsed) -> dict[str, Any]:
+    """Evaluate at ``step`` (the full suite too at ``full_steps`` and when the headline reaches
+    ``train.target_accuracy``, which ends the run), log the record and return it."""
+    t, spec = cfg.train, task_spec(cfg)
+    e0 = time.perf_counter()
+    writer.check_finite(loop, t.skip_nonfinite)  # host syncs, at the evaluation point only
+    train_loss = float(loop.loss_sum) / max(1, loop.loss_count)
+    loop.loss_sum.zero_()
+    loop.loss_count = 0
+    ev = task.evaluate(model)
+    loop.eval_seconds += time.perf_counter() - e0
+    last = {"step": step, "seconds": round(elapsed(), 3), "lr": lr_used, "train_loss": round(train_loss, 5), **ev}
+    if loop.skipped:
+        last["skipped_nonfinite"] = loop.skipped
+    stop = bool(t.target_accuracy and spec.reached(ev[spec.headline], t.target_accuracy))
+    if step in full_steps or stop:
+        a0 = time.perf_counter()
+        last.update(task.analyze(model))
+        loop.eval_seconds += time.perf_counter() - a0
+        last["full"] = True
+        if step != t.steps and not stop:
+            writer.save(step, model)  # an analysis checkpoint (weights only)
+    writer.append(last)
+    tracker.flush(writer.run_dir / "tracking.jsonl")  # the host copy, at the evaluation point
+    loop.records.append(last)
+    if stop:
+        loop.reached_at = step
+        loop.done = True
+    return last
+
+
+def run_summary(cfg: Config, run_dir: Path, model, device: torch.device, loop: LoopState, tracker: Tracker,
+                seconds: float) -> dict[str, Any]:
+    """``summary.json`` of a finished run: sizes, times, the headline, the phase change and the
+    last evaluation's values."""
+    t = cfg.train
+    last = loop.records[-1] if loop.records else {}
+    return {
+        "name": cfg.name,
+        "run_dir": str(run_dir),
+        "steps": loop.step,
+        "seconds": round(seconds, 3),
+        "eval_seconds": round(loop.eval_seconds, 3),
+        "n_params": model.num_params(),
+        "tokens_seen": loop.step * t.grad_accum * t.batch_size * cfg.model.n_ctx,
+        "device": str(device),
+        "headline": headline_record(cfg, last),
+        "reached_target_at": loop.reached_at,
+        "phase_change": phase_from_run(loop.records, tracker.records, extra=[task_spec(cfg).headline]),
+        **({"skipped_nonfinite": loop.skipped} if loop.skipped else {}),
+        **{k: v for k, v in last.items() if k not in ("step", "seconds", "loss_by_position")},
+    }
 
 
 def _optimizer_step(step: int, cfg: Config, model, task, opt, sched, scaler, autocast, loop: LoopState,

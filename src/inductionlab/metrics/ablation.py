@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..models.mode import eval_mode
 from ..errors import UserError
 from .heads import prefix_matching_sums, previous_token_score
 from .icl import icl_indices, icl_score_from_curve
@@ -124,21 +125,18 @@ def head_ablation(model, tokens: torch.Tensor, mask: torch.Tensor, kinds=KINDS,
 
     All heads of one ablation kind run in a single forward pass: the batch is repeated once per
     head and chunk ``c`` has head ``c`` ablated (the same numbers as one pass per head)."""
-    was_training = model.training
-    model.eval()
-    icl = icl or icl_indices(tokens.shape[1])
-    layers, logits, cache = _clean_run(model, tokens)
-    clean = scores(logits, tokens, mask, icl)
-    heads = [(layer, h) for layer, attn in layers for h in range(attn.n_heads)]
-    n, b = len(heads), tokens.shape[0]
-    out: dict = {"heads": [f"L{layer}H{h}" for layer, h in heads], "clean": clean}
-    big = tokens.repeat(n, 1)
-    for kind in kinds:
-        hooks = _ablation_hooks(layers, cache, [[hd] for hd in heads], kind, b, tokens.device)
-        per = _chunk_scores(model.run_with_hooks(big, hooks), tokens, mask, icl, n)
-        out[kind] = {k: [s[k] - clean[k] for s in per] for k in clean}
-    if was_training:
-        model.train()
+    with eval_mode(model):
+        icl = icl or icl_indices(tokens.shape[1])
+        layers, logits, cache = _clean_run(model, tokens)
+        clean = scores(logits, tokens, mask, icl)
+        heads = [(layer, h) for layer, attn in layers for h in range(attn.n_heads)]
+        n, b = len(heads), tokens.shape[0]
+        out: dict = {"heads": [f"L{layer}H{h}" for layer, h in heads], "clean": clean}
+        big = tokens.repeat(n, 1)
+        for kind in kinds:
+            hooks = _ablation_hooks(layers, cache, [[hd] for hd in heads], kind, b, tokens.device)
+            per = _chunk_scores(model.run_with_hooks(big, hooks), tokens, mask, icl, n)
+            out[kind] = {k: [s[k] - clean[k] for s in per] for k in clean}
     return out
 
 
@@ -150,15 +148,11 @@ def _mix(keep: torch.Tensor, value: torch.Tensor):
 def ablate_heads(model, tokens: torch.Tensor, mask: torch.Tensor, heads: list[tuple[int, int]],
                  kind: str = "pattern_preserving", icl: tuple[int, int] | None = None) -> dict[str, float]:
     """Scores (not deltas) with all ``heads`` ``[(layer, head), ...]`` ablated *together*."""
-    was_training = model.training
-    model.eval()
     icl = icl or icl_indices(tokens.shape[1])
-    layers, _, cache = _clean_run(model, tokens)
-    hooks = _ablation_hooks(layers, cache, [list(heads)], kind, tokens.shape[0], tokens.device)
-    s = scores(model.run_with_hooks(tokens, hooks), tokens, mask, icl)
-    if was_training:
-        model.train()
-    return s
+    with eval_mode(model):
+        layers, _, cache = _clean_run(model, tokens)
+        hooks = _ablation_hooks(layers, cache, [list(heads)], kind, tokens.shape[0], tokens.device)
+        return scores(model.run_with_hooks(tokens, hooks), tokens, mask, icl)
 
 
 # --------------------------------------------------------------------------- head roles
@@ -365,9 +359,7 @@ def ablation_study(model, tokens: torch.Tensor, mask: torch.Tensor,
         raise AblationError(f"{empty} of {mask.shape[0]} sequences have no induction prediction to score "
                             "(the context must go at least two tokens into the second copy of the "
                             "repeated block)")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         layers = model.attention_layers
         n_heads = {layer: attn.n_heads for layer, attn in layers}
         if heads is None:
@@ -398,9 +390,6 @@ def ablation_study(model, tokens: torch.Tensor, mask: torch.Tensor,
                 ab = per_sequence_scores(model.run_with_hooks(big, hooks), big, big_mask)
                 for k in STUDY_METRICS:
                     deltas[kind][k].append(ab[k].view(u, b) - base[k][None])  # [unit, b]
-    finally:
-        if was_training:
-            model.train()
 
     def interval(values: torch.Tensor) -> dict[str, float]:
         return bootstrap_interval(values, confidence, resamples, seed).as_dict()

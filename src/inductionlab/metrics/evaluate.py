@@ -7,19 +7,28 @@ from typing import Any
 import torch
 
 from ..data.synthetic import RepeatBatch
-from .heads import best_head, prefix_matching_score, previous_token_score
+from ..models.mode import eval_mode
+from .heads import Probe, head_record, pattern_head_scores  # noqa: F401 - head_record: re-exported
 from .induction import token_correct, token_losses
+
+
+#: the per-head scores (metrics/heads.py: HEAD_METRICS) a repeated-token evaluation logs
+REPEAT_HEAD_SCORES = ("previous_token", "prefix_matching")
 
 
 @torch.no_grad()
 def evaluate_repeat(model, batches: list[RepeatBatch], bos: bool = True, head_scores: bool = True,
                     score_sequences: int = 32) -> dict[str, Any]:
     """Held-out metrics. Accuracy/loss are exact means over all induction positions of all
-    ``batches``; ``first_period_loss`` is the mean loss over every other prediction (the first
-    period, whose targets no circuit can predict: uniform guessing over the non-BOS tokens gives
-    ln(d_vocab - 1)); per-head scores use the first ``score_sequences`` sequences."""
-    was_training = model.training
-    model.eval()
+    ``batches`` (``tokens[batch, pos]``, ``induction_mask[batch, pos-1]``); ``first_period_loss``
+    is the mean loss over every other prediction (the first period, whose targets no circuit can
+    predict: uniform guessing over the non-BOS tokens gives ln(d_vocab - 1)); per-head scores
+    (``REPEAT_HEAD_SCORES``) use the first ``score_sequences`` sequences."""
+    with eval_mode(model):
+        return _evaluate(model, batches, bos, head_scores, score_sequences)
+
+
+def _evaluate(model, batches: list[RepeatBatch], bos: bool, head_scores: bool, score_sequences: int) -> dict[str, Any]:
     correct = total = 0.0
     loss_sum = torch.zeros((), device=batches[0].tokens.device)
     other_sum = torch.zeros_like(loss_sum)
@@ -44,19 +53,6 @@ def evaluate_repeat(model, batches: list[RepeatBatch], bos: bool = True, head_sc
     }
     if head_scores:
         first = batches[0]
-        k = min(score_sequences, first.tokens.shape[0])
-        pats = model.patterns(first.tokens[:k])
-        prev = {layer: previous_token_score(p, bos) for layer, p in pats.items()}
-        pm = {layer: prefix_matching_score(p, first.periods[:k], bos) for layer, p in pats.items()}
-        out["previous_token"] = {str(layer): [round(float(x), 4) for x in s] for layer, s in prev.items()}
-        out["prefix_matching"] = {str(layer): [round(float(x), 4) for x in s] for layer, s in pm.items()}
-        out["best_previous_token_head"] = head_record(best_head(prev))
-        out["best_induction_head"] = head_record(best_head(pm))
-    if was_training:
-        model.train()
+        probe = Probe(first.tokens, bos, periods=first.periods)
+        out.update(pattern_head_scores(model, {"sequence": probe, "repeat": probe}, n=score_sequences))
     return out
-
-
-def head_record(best: tuple[int, int, float]) -> dict[str, Any]:
-    layer, head, score = best
-    return {"layer": layer, "head": head, "name": f"L{layer}H{head}", "score": round(score, 4)}

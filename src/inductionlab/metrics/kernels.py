@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..models.conv import ConvMixer
+
 
 def kernel_profile(kernel_by_offset: torch.Tensor) -> torch.Tensor:
     """``[k]``: a ``[channels, k]`` kernel (column ``i`` = offset ``t - i``) averaged over channels,
@@ -14,8 +16,8 @@ def kernel_profile(kernel_by_offset: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def conv_kernel_profiles(model) -> dict[int, torch.Tensor]:
     """``{layer: [k]}`` for every conv layer (``blocks.{l}.conv.conv``)."""
-    return {i: kernel_profile(b.conv.conv.kernel_by_offset())
-            for i, b in enumerate(model.blocks) if hasattr(b, "conv")}
+    return {i: kernel_profile(b.mixer.conv.kernel_by_offset())
+            for i, b in enumerate(model.blocks) if isinstance(b.mixer, ConvMixer)}
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.mode import eval_mode
 from ..data.synthetic import RepeatedTokens
 from .induction import induction_accuracy
 
@@ -33,14 +34,9 @@ def accuracy_by_period(model, periods: list[int], vocab_size: int, seq_len: int,
 
 
 def _run(model, fn):
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             return fn()
-    finally:
-        if was_training:
-            model.train()
 
 
 def max_length(model) -> int | None:

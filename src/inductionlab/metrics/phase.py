@@ -39,6 +39,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .heads import HEAD_METRICS
 from .stats import mean_ci
 
 GRID = 200
@@ -118,24 +119,34 @@ def max_head(scores: dict[str, list[float]]) -> float | None:
     return max((x for heads in scores.values() for x in heads), default=None)
 
 
-#: curve name -> how to read it off one metrics.jsonl record
-CURVES = {
-    "prefix_matching": lambda r: max_head(r["prefix_matching"]),
-    "previous_token": lambda r: max_head(r["previous_token"]),
+#: scalar curves: name -> how to read it off one metrics.jsonl record
+SCALAR_CURVES = {
     "induction_loss": lambda r: r["induction_loss"],
     "induction_accuracy": lambda r: r["induction_accuracy"],
     "icl_score": lambda r: r["icl_score"],  # full-suite records only
 }
 
 
-def phase_from_log(records: list[dict], curves: Iterable[str] | None = None) -> dict[str, Any]:
+def curve_readers(extra: Iterable[str] = ()) -> dict[str, Any]:
+    """Curve name -> reader of one record: the best head of every pattern-based per-head score
+    registered in metrics/heads.py (read now, so a score registered later is a curve too), then
+    :data:`SCALAR_CURVES` and the scalar metrics ``extra`` (a task's headline). A curve a run did
+    not log is skipped."""
+    heads = {key: (lambda r, key=key: max_head(r[key])) for key, m in HEAD_METRICS.items() if m.source == "pattern"}
+    more = {key: (lambda r, key=key: r[key]) for key in extra if key not in SCALAR_CURVES}
+    return {**heads, **SCALAR_CURVES, **more}
+
+
+def phase_from_log(records: list[dict], curves: Iterable[str] | None = None,
+                   extra: Iterable[str] = ()) -> dict[str, Any]:
     """``{curve: change_point(...)}`` for the logged curves present in ``records`` (metrics.jsonl
     dicts with ``"step"``), plus ``"eval_interval"`` (the largest gap between consecutive logged
     steps inside the detected windows, i.e. the resolution of the step estimates) and
     ``"agreement"``: ``|step(prefix_matching) - step(induction_loss)|`` when both exist."""
     out: dict[str, Any] = {}
-    for name in curves or CURVES:
-        steps, vals = _curve(records, CURVES[name])
+    readers = curve_readers(extra)
+    for name in curves or readers:
+        steps, vals = _curve(records, readers[name])
         cp = change_point(steps, vals)
         if cp is not None:
             out[name] = cp
@@ -345,16 +356,16 @@ def change_step(cp: dict[str, Any]) -> float:
     return float(cp.get("step_fit", cp["step"]))
 
 
-def phase_from_run(records: list[dict], tracked: list[dict] | None = None) -> dict[str, Any]:
+def phase_from_run(records: list[dict], tracked: list[dict] | None = None, extra: Iterable[str] = ()) -> dict[str, Any]:
     """``summary.json["phase_change"]``: :func:`phase_from_log` of the evaluation records, with
     every curve of ``tracked`` (tracking.jsonl records) replaced by :func:`change_point_tracked`
     on its dense curve. Each curve gets ``resolution`` / ``relative_resolution`` (for log curves:
     the evaluation interval at the step) and ``source`` ("tracking" or "metrics"); ``lags`` are the
     :func:`pairwise_lags` of the tracked curves; ``agreement`` and ``eval_interval`` are
     recomputed from the tracked curves when present."""
-    out = phase_from_log(records)
+    out = phase_from_log(records, extra=extra)
     log_steps = [r["step"] for r in records if "step" in r]
-    for name in CURVES:
+    for name in curve_readers(extra):
         if isinstance(out.get(name), dict):
             res = step_resolution(log_steps, out[name]["step"])
             out[name].update(resolution=res, relative_resolution=round(res / out[name]["step"], 4),

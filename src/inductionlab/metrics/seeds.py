@@ -15,17 +15,11 @@ from typing import Any, Iterable
 
 from ..errors import UserError
 from .phase import FIT_R2_MIN, change_step, max_head, phase_from_run, phase_statistics
-from .tracking import read_tracking
+from .tracking import read_records, read_tracking  # noqa: F401 - read_records: re-exported
 
 #: final scores taken from each run's summary.json / last metrics record
 FINAL_KEYS = ("induction_accuracy", "induction_loss", "icl_score")
 PHASE_CURVES = ("prefix_matching", "induction_loss", "induction_accuracy")
-
-
-def read_records(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def stats(values: Iterable[float]) -> dict[str, Any]:
@@ -63,7 +57,7 @@ def summarize_seeds(run_dirs: Iterable[Path]) -> dict[str, Any]:
     :class:`UserError` (one line)."""
     try:
         return _summarize_seeds(run_dirs)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+    except (UserError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise UserError(f"cannot summarise the seed runs: {exc}") from None
 
 

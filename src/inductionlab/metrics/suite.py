@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..models.mode import eval_mode
 from .ablation import head_ablation
 from .composition import ROTARY_DELTAS, composition_scores, composition_scores_rotary
 from .copying import copying_chance, copying_ratios, ov_positivity, ratio_to_score
@@ -91,13 +92,8 @@ def weight_metrics(model, bos: bool = True, deltas: Sequence[int] = ROTARY_DELTA
 def analyze_repeat(model, cfg, eval_batches) -> dict[str, Any]:
     """Copying, OV positivity, ICL score, composition, ablations, conv kernels, smear weights and
     OOD accuracies (keys documented in docs/metrics.md)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return _analyze(model, cfg, eval_batches)
-    finally:
-        if was_training:
-            model.train()
 
 
 def _analyze(model, cfg, eval_batches) -> dict[str, Any]:

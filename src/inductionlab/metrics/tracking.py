@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ..models.mode import eval_mode
 from ..config import Config
 from ..data.synthetic import RepeatBatch, RepeatedTokens
 from ..errors import UserError
@@ -63,10 +64,13 @@ ROUND = 5
 class Tracker:
     """Per-run tracker of :data:`CURVES`; owns its generators, batches and device buffer."""
 
-    def __init__(self, cfg: Config, device: torch.device | str, sequences: dict[str, int] | None = None):
+    def __init__(self, cfg: Config, device: torch.device | str, sequences: dict[str, int] | None = None,
+                 enabled: bool | None = None):
         t, m, d = cfg.train, cfg.model, cfg.data
-        self.every = t.track_every if d.kind == "repeat" else 0
-        self.bos = d.bos
+        if enabled is None:  # the curves are measured on repeated tokens: the repeat task's
+            enabled = d.kind == "repeat"
+        self.every = t.track_every if enabled else 0
+        self.bos = getattr(d, "bos", True)
         self.steps: list[int] = []  # tracked steps, known on the host without reading the device
         self.records: list[dict[str, Any]] = []  # rows already copied to the host
         self.generators: dict[str, RepeatedTokens] = {}
@@ -94,14 +98,9 @@ class Tracker:
     @torch.no_grad()
     def measure(self, model) -> torch.Tensor:
         """``[len(CURVES)]`` float tensor on the model's device (no host synchronisation)."""
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             pats = model.patterns(self._head_tokens)  # {layer: [n_pt + n_pm, head, q, k]}
             logits = model(self._loss_tokens)  # [n_il + n_icl, n_ctx, vocab]
-        finally:
-            if was_training:
-                model.train()
         pt, pm, il, icl = (self.batches[c] for c in CURVES)
         n, k = pt.tokens.shape[0], il.tokens.shape[0]
         nan = torch.full((), float("nan"), device=logits.device)
@@ -171,3 +170,30 @@ def read_tracking(run_dir: Path) -> list[dict[str, Any]]:
             return [json.loads(line) for line in fh if line.strip()]
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    """The evaluation records of ``run_dir/metrics.jsonl``; an unfinished last line (a run still
+    writing) is skipped, anything else unreadable is a :class:`UserError` (one line)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise UserError(f"{run_dir} is not a run directory (no metrics.jsonl)")
+    out = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    for i, line in enumerate(text.splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == 0:
+                raise UserError(f"{path}: line {i + 1} is not JSON") from None
+            continue  # a run still writing its last line
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            raise UserError(f"{path}: line {i + 1} is not a metrics record (no integer 'step')")
+        out.append(rec)
+    return out

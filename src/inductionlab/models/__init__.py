@@ -1,8 +1,11 @@
-from .attention import Attention
-from .conv import CausalDepthwiseConv, ConvMixer
+from .attention import Attention, AttnConfig, SmearedAttention
+from .conv import CausalDepthwiseConv, ConvConfig, ConvMixer
 from .hooks import HookContext
-from .registry import ARCHITECTURES, LAYER_KINDS, layer_list
+from .linear_attention import LinearAttention, LinearConfig
+from .mixer import Mixer, MixerSpec
+from .registry import ARCHITECTURES, LAYER_KINDS, layer_list, mixer_spec
 from .transformer import Transformer, build_model
 
-__all__ = ["Attention", "CausalDepthwiseConv", "ConvMixer", "HookContext", "ARCHITECTURES",
-           "LAYER_KINDS", "layer_list", "Transformer", "build_model"]
+__all__ = ["Attention", "AttnConfig", "SmearedAttention", "CausalDepthwiseConv", "ConvConfig", "ConvMixer",
+           "HookContext", "LinearAttention", "LinearConfig", "Mixer", "MixerSpec", "ARCHITECTURES",
+           "LAYER_KINDS", "layer_list", "mixer_spec", "Transformer", "build_model"]

@@ -1,12 +1,25 @@
-"""Depthwise causal 1-D convolution over the sequence axis (left padding only)."""
+"""Depthwise causal 1-D convolution over the sequence axis (left padding only), and the conv layer.
+
+The conv layer (kind ``conv``, ``blocks.{l}.conv``) takes its settings from ``[model.conv]``
+(:class:`ConvConfig`).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .hooks import HookContext, run
+from .mixer import Mixer
+
+#: "same" pads both sides and so leaks the future: kept only to demonstrate the causality guard
+PADDINGS = ("causal", "same")
+#: sanity bound on a kernel length (a typo, not an experiment)
+MAX_KERNEL = 2**16
 
 
 class CausalDepthwiseConv(nn.Module):
@@ -43,15 +56,41 @@ class CausalDepthwiseConv(nn.Module):
         return self.weight[:, 0, :].flip(-1)
 
 
-class ConvMixer(nn.Module):
-    """A depthwise causal conv used as a layer of its own (``blocks.{l}.conv``)."""
+@dataclass
+class ConvConfig:
+    """``[model.conv]``: the conv layer's settings."""
 
-    def __init__(self, cfg, name: str):
+    kernel: int = 5
+    #: the conv output adds to the residual stream (true) or replaces it (false, the original
+    #: Conv-Attn: embedding -> conv -> attention -> unembedding)
+    residual: bool = True
+    #: "causal" (left padding), or "same" (leaks the future: only to show the guard catching it)
+    padding: str = "causal"
+
+    def validate(self, key: str, model) -> None:
+        if not 1 <= self.kernel <= MAX_KERNEL:
+            raise ConfigError(f"{key}.kernel must be in [1, {MAX_KERNEL}], got {self.kernel}")
+        if self.padding not in PADDINGS:
+            raise ConfigError(f"{key}.padding must be one of {', '.join(PADDINGS)}, got '{self.padding}'")
+
+    def approx_params(self, model) -> int:
+        return model.d_model * (self.kernel + 1)
+
+
+class ConvMixer(Mixer):
+    """A depthwise causal conv used as a layer of its own (``blocks.{l}.conv``, no MLP after it)."""
+
+    scope = "conv"
+    Config = ConvConfig
+    config_name = "conv"
+
+    def __init__(self, cfg, name: str, settings: ConvConfig):
         super().__init__()
         self.name = name
-        self.residual = cfg.conv_residual
-        self.conv = CausalDepthwiseConv(cfg.d_model, cfg.conv_kernel, cfg.conv_padding,
-                                        init_identity=not cfg.conv_residual)
+        self.replaces_residual = not settings.residual
+        self.conv = CausalDepthwiseConv(cfg.d_model, settings.kernel, settings.padding,
+                                        init_identity=not settings.residual)
 
-    def forward(self, x: torch.Tensor, ctx: HookContext | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: HookContext | None = None, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``[batch, pos, d_model]`` -> ``[batch, pos, d_model]`` (``pos`` is not used)."""
         return run(ctx, f"{self.name}.hook_out", self.conv(x))

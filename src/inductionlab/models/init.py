@@ -12,7 +12,8 @@
   biases 0.
 
 In every scheme LayerNorm starts at (1, 0), and mixer-specific parameters (conv kernels, the
-smeared-key logit) keep their own initialisation (a near-identity conv, ``model.smear_init``).
+smeared-key logit) keep their own initialisation (a near-identity conv, ``model.attn.smear_init``);
+a mixer's ``W_*``/``b_*`` parameters in the names above (e.g. linear attention's) follow the scheme.
 Draws come from the global RNG, which :func:`inductionlab.train.init_model` forks and seeds.
 """
 
@@ -23,7 +24,8 @@ import math
 import torch
 from torch import nn
 
-from ..config import INIT_SCHEMES as SCHEMES
+#: the values of ``model.init`` (config.py imports them from here)
+SCHEMES = ("gpt2", "torch", "transformer-lens")
 
 #: bias name -> the weight whose fan-in bounds it under the ``torch`` scheme
 _BIAS_OF = {"b_Q": "W_Q", "b_K": "W_K", "b_V": "W_V", "b_O": "W_O", "b_U": "W_U",

@@ -1,26 +1,28 @@
 """One ``Transformer`` built from a list of layers over a residual stream.
 
 Embedding ``W_E[d_vocab, d_model]`` -> (positions) -> blocks -> (final LayerNorm) ->
-unembedding ``W_U[d_model, d_vocab]``. Each block is ``x + mixer(ln(x))`` (a conv layer with
-``conv_residual = false`` replaces the stream instead), followed by ``x + mlp(ln(x))`` after
-attention layers when ``mlp`` is on. ``forward(tokens)`` is a plain function of parameters and
-tokens, so ``torch.func.functional_call``/``vmap`` and DDP can wrap the model unchanged.
+unembedding ``W_U[d_model, d_vocab]``. Each block is ``x + mixer(ln(x))`` (or ``mixer(ln(x))``
+alone for a mixer that replaces the stream, e.g. a conv layer with ``[model.conv] residual =
+false``), followed by ``x + mlp(ln(x))`` after mixers that want one (attention) when ``mlp`` is on.
+Blocks know mixers only through the protocol of ``models/mixer.py``. ``forward(tokens)`` is a
+plain function of parameters and tokens, so ``torch.func.functional_call``/``vmap`` and DDP can
+wrap the model unchanged.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .attention import Attention
-from .conv import ConvMixer
 from .hooks import Hook, HookContext, run
 from .init import apply_init
-from .registry import LAYER_KINDS, layer_list
+from .registry import layer_list, mixer_spec
+
+if TYPE_CHECKING:  # config.py imports the registry: no import of config at run time
+    from ..config import ModelConfig
 
 
 def sinusoidal_table(n_ctx: int, d_model: int) -> torch.Tensor:
@@ -47,32 +49,32 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """``blocks.{index}``: the mixer of layer kind ``kind`` (stored as ``blocks.{index}.{scope}``:
+    ``attn``, ``conv``, ...), its LayerNorm and, if the mixer wants one and ``cfg.mlp``, an MLP."""
+
     def __init__(self, cfg: ModelConfig, kind: str, index: int):
         super().__init__()
+        spec = mixer_spec(kind)
         self.kind = kind
         self.name = f"blocks.{index}"
-        mixer = LAYER_KINDS[kind](cfg, f"{self.name}.{'conv' if kind == 'conv' else 'attn'}")
-        # TransformerLens naming: blocks.{l}.attn / blocks.{l}.conv
-        if isinstance(mixer, ConvMixer):
-            self.conv = mixer
-        else:
-            self.attn = mixer
-        self.residual = not (isinstance(mixer, ConvMixer) and not cfg.conv_residual)
+        self.scope = spec.scope
+        #: whether the head metrics may read this layer (``Transformer.attention_layers``)
+        self.per_head_attention = spec.per_head_attention
+        setattr(self, spec.scope, spec.build(cfg, self.name))  # TransformerLens names: blocks.{l}.attn.W_Q
+        self.residual = not getattr(self.mixer, "replaces_residual", False)
         self.ln1 = nn.LayerNorm(cfg.d_model) if cfg.layernorm else nn.Identity()
-        self.mlp = MLP(cfg, f"{self.name}.mlp") if (cfg.mlp and isinstance(mixer, Attention)) else None
+        self.mlp = MLP(cfg, f"{self.name}.mlp") if (cfg.mlp and spec.mlp_after) else None
         self.ln2 = nn.LayerNorm(cfg.d_model) if (cfg.layernorm and self.mlp is not None) else nn.Identity()
 
     @property
     def mixer(self) -> nn.Module:
-        return self.attn if hasattr(self, "attn") else self.conv
+        return getattr(self, self.scope)
 
-    def forward(self, x, ctx=None, pos=None):
+    def forward(self, x: torch.Tensor, ctx: HookContext | None = None, pos: torch.Tensor | None = None):
+        """x ``[batch, pos, d_model]`` (the residual stream) -> same shape; ``pos [pos, d_model]``
+        are shortformer positions (mixers that attend add them to their query/key input)."""
         x = run(ctx, f"{self.name}.hook_resid_pre", x)
-        h = self.ln1(x)
-        if isinstance(self.mixer, Attention):
-            out = self.attn(h, ctx, qk_input=None if pos is None else h + pos)
-        else:
-            out = self.conv(h, ctx)
+        out = self.mixer(self.ln1(x), ctx, pos)
         x = x + out if self.residual else out
         if self.mlp is not None:
             x = x + run(ctx, f"{self.name}.hook_mlp_out", self.mlp(self.ln2(x), ctx))
@@ -99,9 +101,10 @@ class Transformer(nn.Module):
 
     # ----------------------------------------------------------------- helpers
     @property
-    def attention_layers(self) -> list[tuple[int, Attention]]:
-        """``(layer index, Attention)`` for every attention layer."""
-        return [(i, b.attn) for i, b in enumerate(self.blocks) if hasattr(b, "attn")]
+    def attention_layers(self) -> list[tuple[int, nn.Module]]:
+        """``(layer index, mixer)`` for every layer whose mixer declares itself per-head attention
+        (``blocks.{l}.attn`` with TransformerLens-layout weights: models/mixer.py)."""
+        return [(i, b.mixer) for i, b in enumerate(self.blocks) if b.per_head_attention]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..metrics.heads import HEAD_METRICS  # noqa: E402
 from .runs import RunData, Sample  # noqa: E402
 
 DPI = 90
@@ -58,7 +59,8 @@ def phase_steps(run: RunData) -> tuple[list[float], tuple[float, float] | None]:
     """Detected change steps (one line per curve) and the change window (10%-90% of the change)
     of the induction loss, else of the first curve found, out of ``phase_from_run``."""
     ph = run.phase()
-    curves = [c for c in ("induction_loss", "prefix_matching", "induction_accuracy", "icl_score", "val_loss")
+    curves = [c for c in dict.fromkeys(("induction_loss", "prefix_matching", "induction_accuracy", "icl_score",
+                                        run.headline, "val_loss"))
               if isinstance(ph.get(c), dict)]
     lines = sorted({float(ph[c]["step"]) for c in curves})
     span = None
@@ -122,8 +124,10 @@ def fig_curves(run: RunData):
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats)")
     ax.set_title("losses", fontsize=10)
-    for key, label in (("induction_accuracy", "induction accuracy"), ("val_accuracy", "validation accuracy"),
-                       ("icl_score", "in-context score (nats)")):
+    shown = {"induction_accuracy", "val_accuracy", "icl_score", "train_loss", "induction_loss", "val_loss"}
+    extra = [] if run.headline in shown else [(run.headline, f"{run.headline.replace('_', ' ')} (headline)")]
+    for key, label in (("induction_accuracy", "induction accuracy"), *extra,
+                       ("val_accuracy", "validation accuracy"), ("icl_score", "in-context score (nats)")):
         ys = [r.get(key) for r in recs]
         pts = [(s, y) for s, y in zip(steps, ys) if isinstance(y, (int, float))]
         if pts:
@@ -149,26 +153,21 @@ def fig_curves(run: RunData):
 
 
 # --------------------------------------------------------------------------- per-head scores
-HEAD_SCORES = (("previous_token", "previous-token"), ("prefix_matching", "prefix-matching"),
-               ("copying", "copying"), ("ov_positivity", "OV positivity"), ("smear_sigma", "σ(α) smear"))
-
-
 def fig_head_scores(run: RunData):
-    rec = run.records[-1]
-    kinds = [(k, t) for k, t in HEAD_SCORES if k != "smear_sigma" and isinstance(run.last_with(k) and
-                                                                                run.last_with(k)[k], dict)]
+    """One heatmap (layers x heads) per per-head score of the registry (metrics/heads.py) the run
+    logged, at its last record holding it, on the score's natural range (smear σ(α) has a figure of its own)."""
+    kinds = [m for k, m in HEAD_METRICS.items() if k != "smear_sigma" and isinstance(run.last_with(k) and
+                                                                                   run.last_with(k)[k], dict)]
     if not kinds:
         return None
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 2.6), squeeze=False)
-    for ax, (key, title) in zip(axes[0], kinds):
-        r = run.last_with(key)
-        m, layers = _head_matrix(r[key])
+    for ax, metric in zip(axes[0], kinds):
+        r = run.last_with(metric.key)
+        m, layers = _head_matrix(r[metric.key])
+        vmin, vmax = metric.range
         im = _heatmap(ax, m, [f"L{l}" for l in layers], [f"H{h}" for h in range(m.shape[1])],
-                      f"{title} (step {r['step']})",
-                      vmin={"ov_positivity": None, "copying": -1}.get(key, 0),  # copying: 0 = chance
-                      vmax=1 if key in ("previous_token", "prefix_matching", "copying") else None)
+                      f"{metric.title} (step {r['step']})", vmin=vmin, vmax=vmax)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-    del rec
     fig.tight_layout()
     return fig
 
@@ -189,7 +188,9 @@ def _plain_log_x(ax):
 
 
 def fig_head_evolution(run: RunData, columns: int = 8):
-    kinds = [(k, t) for k, t in HEAD_SCORES[:3] if any(isinstance(r.get(k), dict) for r in run.records)]
+    # every per-head score of the registry with a fixed range (one colour scale across steps)
+    kinds = [(k, m.title) for k, m in HEAD_METRICS.items() if k != "smear_sigma" and None not in m.range
+             and any(isinstance(r.get(k), dict) for r in run.records)]
     if not kinds:
         return None
     columns = max(min(columns, len([r for r in (run.full or run.records) if isinstance(r.get(k), dict)]))
@@ -208,7 +209,8 @@ def fig_head_evolution(run: RunData, columns: int = 8):
                 ax.axis("off")
                 continue
             m, layers = _head_matrix(chosen[c][key])
-            ax.imshow(np.ma.masked_invalid(m), cmap=CMAP, vmin=0, vmax=1, aspect="auto")
+            lo, hi = HEAD_METRICS[key].range
+            ax.imshow(np.ma.masked_invalid(m), cmap=CMAP, vmin=lo, vmax=hi, aspect="auto")
             ax.set_xticks(range(m.shape[1]), [f"H{h}" for h in range(m.shape[1])], fontsize=6)
             ax.set_yticks(range(len(layers)), [f"L{l}" for l in layers], fontsize=6)
             ax.set_title(f"step {chosen[c]['step']}", fontsize=7)
@@ -225,7 +227,8 @@ def fig_head_evolution(run: RunData, columns: int = 8):
                 ys = [np.nan if y is None else y for y in ys]
                 ax.plot(steps, ys, lw=1, label=f"L{l}H{h}")
         _plain_log_x(ax)
-        ax.set_ylim(-0.02, 1.02)
+        lo, hi = HEAD_METRICS[key].range
+        ax.set_ylim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
         ax.set_title(f"{title} per head", fontsize=8)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
@@ -417,9 +420,8 @@ STATIC_FIGURES = [
      "Loss and accuracy against training step (log scale). The shaded band / dashed line marks the detected "
      "phase change, when the induction circuit forms and the loss on repeated tokens drops.", fig_curves),
     ("head_scores", "Per-head scores (latest evaluation)",
-     "Previous-token: attention from each token to the one before it. Prefix-matching: attention from a "
-     "repeated token to the token after its earlier occurrence (the induction-head signature). Copying and "
-     "OV positivity: whether the head's OV circuit raises the logit of the attended token.", fig_head_scores),
+     " ".join(f"{m.title[0].upper()}{m.title[1:]}: {m.description}." for k, m in HEAD_METRICS.items()
+              if k != "smear_sigma" and m.description), fig_head_scores),
     ("head_evolution", "Per-head scores over training",
      "The same heatmaps at several checkpoints (small multiples, colour 0 to 1) and every head's score "
      "over all evaluations.", fig_head_evolution),

@@ -18,6 +18,7 @@ import matplotlib
 import numpy as np
 
 from ..checkpoint import atomic_write_text
+from ..metrics.heads import HEAD_METRICS
 from . import figures as F
 from .runs import RunData, Sample, load_run_data
 
@@ -126,14 +127,17 @@ def attention_html(sample: Sample, fig_id: str, fallback_png: bytes | None) -> s
 
 
 def _summary_table(runs: list[RunData]) -> str:
-    keys = ["steps", "seconds", "n_params", "induction_accuracy", "induction_loss", "val_loss",
-            "val_accuracy", "icl_score", "best_previous_token_head", "best_induction_head"]
+    keys = ["headline", "steps", "seconds", "n_params", "induction_accuracy", "induction_loss",
+            "val_loss", "val_accuracy", "icl_score", *(m.best for m in HEAD_METRICS.values() if m.best)]
     rows = []
     for k in keys:
         vals = []
         for r in runs:
             v = r.summary.get(k, r.records[-1].get(k if k != "steps" else "step"))
-            if isinstance(v, dict) and "name" in v:
+            if isinstance(v, dict) and "metric" in v:  # the headline
+                val = v.get("value")
+                v = f"{v['metric']} = {val:.4g}" if isinstance(val, (int, float)) else str(v["metric"])
+            elif isinstance(v, dict) and "name" in v:
                 score = v.get("score")
                 v = f"{v['name']} ({score:.3f})" if isinstance(score, (int, float)) else str(v["name"])
             elif isinstance(v, float):
@@ -179,7 +183,7 @@ def build_html(runs: list[RunData], png_dir: Path | None = None) -> str:
                 body = f'<p class="cap">{html.escape(s.title)}</p>' + body
             notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in r.notes) if kind == kinds[0] else ""
             cells.append(f'<div class="cell"><h3>{html.escape(r.name)}</h3>{notes}{body}</div>')
-        title = "Attention patterns" + (" on a text sample" if kind == "text" else " on repeated random tokens")
+        title = "Attention patterns on " + ("repeated random tokens" if kind == "repeat" else f"a {kind} sample")
         sections.append(
             f'<h2 id="attention_{kind}">{title}</h2><p class="cap">Every head of every attention layer '
             "(rows: layers, columns: heads; query down, key across; bright = high attention). Hover a cell "

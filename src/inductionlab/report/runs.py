@@ -14,6 +14,7 @@ import torch
 from ..checkpoint import CheckpointError, checkpoint_step, list_checkpoints
 from ..errors import UserError
 from ..evaluation import load_model, load_run_config
+from ..metrics.tracking import read_records
 
 SAMPLE_SEED = 4_000_037
 
@@ -26,7 +27,7 @@ class ReportError(UserError):
 class Sample:
     """One sequence, its token labels and ``{step: {layer: pattern[head, q, k]}}``."""
 
-    kind: str  # "repeat" or "text"
+    kind: str  # "repeat" or the task's name
     title: str
     tokens: list[int]
     labels: list[str]
@@ -64,32 +65,15 @@ class RunData:
         from ..metrics.phase import phase_from_run
         from ..metrics.tracking import read_tracking
 
-        return phase_from_run(self.records, read_tracking(self.run_dir))
+        return phase_from_run(self.records, read_tracking(self.run_dir), extra=[self.headline])
 
+    @property
+    def headline(self) -> str:
+        """The metric the run's task calls its headline (registry.TASKS)."""
+        from ..registry import TASKS
 
-def read_records(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        raise ReportError(f"{run_dir} is not a run directory (no metrics.jsonl)")
-    out = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"cannot read {path}: {exc}") from None
-    for i, line in enumerate(text.splitlines()):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == 0:
-                raise ReportError(f"{path}: line {i + 1} is not JSON") from None
-            continue  # a run still writing its last line
-        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
-            raise ReportError(f"{path}: line {i + 1} is not a metrics record (no integer 'step')")
-        out.append(rec)
-    return out
+        spec = TASKS.get(getattr(self.cfg.data, "kind", "repeat"))
+        return spec.headline if spec else "induction_accuracy"
 
 
 def repeat_sample(cfg) -> Sample:
@@ -97,30 +81,31 @@ def repeat_sample(cfg) -> Sample:
     from ..data.synthetic import RepeatedTokens
 
     m, d = cfg.model, cfg.data
-    off = 1 if d.bos else 0
+    bos = getattr(d, "bos", True)
+    off = 1 if bos else 0
     period = int(getattr(d, "period_min", None) or max(2, (m.n_ctx - off) // 3))
     period = max(1, min(period, (m.n_ctx - off) // 2))
     length = min(m.n_ctx, off + 2 * period + max(2, period // 2))
-    gen = RepeatedTokens(m.vocab_size, length, period, period, d.bos, "batch", "cpu", seed=SAMPLE_SEED)
+    gen = RepeatedTokens(m.vocab_size, length, period, period, bos, "batch", "cpu", seed=SAMPLE_SEED)
     toks = gen.sample(1).tokens[0].tolist()
-    labels = ["BOS" if (d.bos and i == 0) else str(t) for i, t in enumerate(toks)]
+    labels = ["BOS" if (bos and i == 0) else str(t) for i, t in enumerate(toks)]
     return Sample("repeat", f"repeated random tokens (period {period})", toks, labels)
 
 
-def text_sample(cfg) -> tuple[Sample | None, str | None]:
-    """The first validation sequence of a text run (up to 64 tokens, labelled with the
-    tokenizer's token strings), or ``(None, reason)`` when the text data cannot be loaded."""
-    from ..data.text import pack, prepare_text
-    from ..errors import UserError
+def task_sample(cfg) -> tuple[Sample | None, str | None]:
+    """The sequence the run's task draws attention on (``TaskSpec.sample``: a text run's first
+    validation sequence, an MQAR sequence), or ``(None, reason)`` when its data cannot be loaded;
+    ``(None, None)`` for a task without one (repeated tokens: :func:`repeat_sample` serves)."""
+    from ..registry import TASKS
 
+    spec = TASKS[cfg.data.kind]
+    if spec.sample is None:
+        return None, None
     try:
-        data = prepare_text(cfg)
+        title, toks, labels = spec.sample(cfg)
     except UserError as exc:
-        return None, f"text sample not shown: {exc}"
-    n = min(cfg.model.n_ctx, 64)
-    toks = pack(data.ids["valid"], cfg.model.n_ctx)[0, :n].tolist()
-    labels = [str(data.tokenizer.id_to_token(int(t))).replace("\u0120", " ").replace("\u010a", "↵") for t in toks]
-    return Sample("text", "validation text", toks, labels), None
+        return None, f"{spec.name} sample not shown: {exc}"
+    return Sample(spec.name, title, [int(t) for t in toks], labels), None
 
 
 @torch.no_grad()
@@ -162,13 +147,12 @@ def load_run_data(run_dir: Path) -> RunData:
             summary = {}
         if not summary:
             notes.append("summary.json is unreadable: final values taken from metrics.jsonl")
-    samples = [repeat_sample(cfg)]
-    if getattr(cfg.data, "kind", "repeat") == "text":
-        s, why = text_sample(cfg)
-        if s is not None:
-            samples.insert(0, s)
-        else:
-            notes.append(why)
+    samples = [repeat_sample(cfg)]  # every model is shown on repeated tokens, and on its task's sample
+    s, why = task_sample(cfg)
+    if s is not None:
+        samples.insert(0, s)
+    elif why:
+        notes.append(why)
     notes += compute_patterns(cfg, run_dir, samples)
     if not list_checkpoints(run_dir):
         notes.append("no checkpoints: attention grids not shown")
