@@ -62,8 +62,8 @@ def test_mqar_fillers_move_the_pairs_and_the_targets_follow():
 
 
 def test_mqar_config_errors_are_one_line():
-    for sets, needle in ((["data.n_queries=-1"], "data.n_queries"), (["data.n_queries=20"], "more than model.n_ctx"), (["model.n_ctx=40"], "more than model.n_ctx"),
-                         (["model.vocab_size=20"], "distinct keys"), (["data.period_min=3"], "belongs to the repeat task")):
+    for sets, needle in ((["data.n_queries=-1"], "data.n_queries"), (["data.n_queries=20"], "more than model.n_ctx"), (["model.n_ctx=30"], "more than model.n_ctx"),
+                         (["model.vocab_size=16"], "distinct keys"), (["data.period_min=3"], "belongs to the repeat task")):
         with pytest.raises(ConfigError, match=needle) as exc:
             load_config("mqar-2l", sets)
         assert "\n" not in str(exc.value)
