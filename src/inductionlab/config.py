@@ -65,7 +65,7 @@ class ModelConfig:
             list(ARCHITECTURES.get(self.arch, ([], ""))[0])
         self.mixers = {**default_settings(kinds), **self.mixers}
         for name in self.mixers:
-            _check(name not in _field_names(ModelConfig),
+            check(name not in _field_names(ModelConfig),
                    f"a mixer's settings table [model.{name}] has the name of a [model] key")
 
     def __getattr__(self, name: str) -> Any:
@@ -416,78 +416,76 @@ def check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-_check = check
-
 
 def validate(cfg: Config) -> None:
     m, d, t = cfg.model, cfg.data, cfg.train
-    _check(m.arch in ARCHITECTURES, f"unknown architecture '{m.arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
+    check(m.arch in ARCHITECTURES, f"unknown architecture '{m.arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
     for kind in m.layers:
         mixer_spec(kind)  # unknown, unimportable or not a mixer: one line
     tables = default_settings(m.layers or ARCHITECTURES[m.arch][0])  # the tables these mixers take
     for table, settings in m.mixers.items():
-        _check(table in tables and type(settings) is type(tables[table]),
+        check(table in tables and type(settings) is type(tables[table]),
                f"model.mixers['{table}'] is not the settings of a mixer in this model (tables: {', '.join(tables)})")
-    _check(m.vocab_size >= 2, f"model.vocab_size must be >= 2, got {m.vocab_size}")
-    _check(m.d_model >= 1 and m.n_heads >= 1, "model.d_model and model.n_heads must be positive")
+    check(m.vocab_size >= 2, f"model.vocab_size must be >= 2, got {m.vocab_size}")
+    check(m.d_model >= 1 and m.n_heads >= 1, "model.d_model and model.n_heads must be positive")
     if not m.d_head:
-        _check(m.d_model % m.n_heads == 0,
+        check(m.d_model % m.n_heads == 0,
                f"model.d_model ({m.d_model}) is not divisible by model.n_heads ({m.n_heads}); set model.d_head")
-    _check(m.d_head >= 0 and m.d_mlp >= 0, "model.d_head and model.d_mlp must be >= 0")
-    _check(m.n_ctx >= 4, f"model.n_ctx must be >= 4, got {m.n_ctx}")
-    _check(m.positions in POSITIONS, f"model.positions must be one of {', '.join(POSITIONS)}, got '{m.positions}'")
+    check(m.d_head >= 0 and m.d_mlp >= 0, "model.d_head and model.d_mlp must be >= 0")
+    check(m.n_ctx >= 4, f"model.n_ctx must be >= 4, got {m.n_ctx}")
+    check(m.positions in POSITIONS, f"model.positions must be one of {', '.join(POSITIONS)}, got '{m.positions}'")
     if m.positions == "rotary":
-        _check(m.head_dim % 2 == 0, f"rotary positions need an even head dimension, got {m.head_dim}")
+        check(m.head_dim % 2 == 0, f"rotary positions need an even head dimension, got {m.head_dim}")
     for table, settings in m.mixers.items():  # each mixer checks its own [model.<table>]
         if callable(getattr(settings, "validate", None)):
             settings.validate(f"model.{table}", m)
-    _check(m.init_std > 0, "model.init_std must be > 0")
-    _check(m.init in INIT_SCHEMES, f"model.init must be one of {', '.join(INIT_SCHEMES)}, got '{m.init}'")
+    check(m.init_std > 0, "model.init_std must be > 0")
+    check(m.init in INIT_SCHEMES, f"model.init must be one of {', '.join(INIT_SCHEMES)}, got '{m.init}'")
     # sanity bounds (a typo or a damaged config.toml): beyond them allocating fails with a traceback
-    _check(m.n_ctx <= MAX_CTX, f"model.n_ctx must be <= {MAX_CTX}, got {m.n_ctx}")
+    check(m.n_ctx <= MAX_CTX, f"model.n_ctx must be <= {MAX_CTX}, got {m.n_ctx}")
     n_params = _approx_params(m, len(m.layers or ARCHITECTURES[m.arch][0]))
-    _check(n_params <= MAX_PARAMS, f"the model would have about {n_params:.3g} parameters, more than {MAX_PARAMS:.3g} "
+    check(n_params <= MAX_PARAMS, f"the model would have about {n_params:.3g} parameters, more than {MAX_PARAMS:.3g} "
                                    "(check model.vocab_size, d_model, n_heads, d_head, d_mlp and layers)")
 
-    _check(d.kind in TASKS, f"data.kind must be one of {', '.join(sorted(TASKS))}, got '{d.kind}'")
-    _check(isinstance(d, TASKS[d.kind].config), f"[data] is not a {d.kind} section")
+    check(d.kind in TASKS, f"data.kind must be one of {', '.join(sorted(TASKS))}, got '{d.kind}'")
+    check(isinstance(d, TASKS[d.kind].config), f"[data] is not a {d.kind} section")
     d.validate(cfg)  # the task's own checks
-    _check(d.eval_sequences >= 1, "data.eval_sequences must be >= 1")
+    check(d.eval_sequences >= 1, "data.eval_sequences must be >= 1")
 
-    _check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
-    _check(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-    _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
-    _check(all(0 <= b < 1 for b in t.betas), f"train.betas must be in [0, 1), got {list(t.betas)}")
-    _check(t.weight_decay >= 0, "train.weight_decay must be >= 0")
-    _check(t.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{t.schedule}'")
-    _check(t.warmup >= 0, "train.warmup must be >= 0")
-    _check(0 <= t.min_lr_frac <= 1, "train.min_lr_frac must be in [0, 1]")
-    _check(t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 = off)")
-    _check(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
-    _check(t.log_evals >= 0, "train.log_evals must be >= 0")
-    _check(t.track_every >= 0, f"train.track_every must be >= 0 (0 = off), got {t.track_every}")
+    check(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
+    check(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    check(all(0 <= b < 1 for b in t.betas), f"train.betas must be in [0, 1), got {list(t.betas)}")
+    check(t.weight_decay >= 0, "train.weight_decay must be >= 0")
+    check(t.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{t.schedule}'")
+    check(t.warmup >= 0, "train.warmup must be >= 0")
+    check(0 <= t.min_lr_frac <= 1, "train.min_lr_frac must be in [0, 1]")
+    check(t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 = off)")
+    check(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
+    check(t.log_evals >= 0, "train.log_evals must be >= 0")
+    check(t.track_every >= 0, f"train.track_every must be >= 0 (0 = off), got {t.track_every}")
     spec = TASKS[d.kind]
     lo, hi = spec.headline_range
-    _check(t.target_accuracy >= 0 and (hi is None or t.target_accuracy <= hi),
+    check(t.target_accuracy >= 0 and (hi is None or t.target_accuracy <= hi),
            f"train.target_accuracy (a target for the {d.kind} task's headline {spec.headline}) must be in "
            f"[0, {hi if hi is not None else 'inf'}], got {t.target_accuracy}")
-    _check(t.full_metrics in ("log", "all", "final"), f"train.full_metrics must be log, all or final, got '{t.full_metrics}'")
-    _check(t.full_evals >= 1, "train.full_evals must be >= 1")
-    _check(t.full_evals <= 100 and t.log_evals <= 1000, "train.full_evals must be <= 100 and train.log_evals <= 1000")
-    _check(t.steps // t.eval_every <= MAX_EVALS, f"train.steps / train.eval_every is {t.steps // t.eval_every} "
+    check(t.full_metrics in ("log", "all", "final"), f"train.full_metrics must be log, all or final, got '{t.full_metrics}'")
+    check(t.full_evals >= 1, "train.full_evals must be >= 1")
+    check(t.full_evals <= 100 and t.log_evals <= 1000, "train.full_evals must be <= 100 and train.log_evals <= 1000")
+    check(t.steps // t.eval_every <= MAX_EVALS, f"train.steps / train.eval_every is {t.steps // t.eval_every} "
                                                  f"evaluations, more than {MAX_EVALS}: raise train.eval_every")
-    _check(not t.track_every or t.steps // t.track_every <= MAX_TRACKED,
+    check(not t.track_every or t.steps // t.track_every <= MAX_TRACKED,
            f"train.steps / train.track_every is more than {MAX_TRACKED} tracked steps: raise train.track_every (0 = off)")
     for what, n in (("train.batch_size", t.batch_size), ("data.eval_sequences", d.eval_sequences)):
-        _check(n * m.n_ctx <= MAX_TOKENS, f"{what} x model.n_ctx is {n * m.n_ctx} tokens, more than {MAX_TOKENS}")
-    _check(t.threads <= 1024, f"train.threads must be <= 1024, got {t.threads}")
-    _check(t.loss_on in LOSS_ON, f"train.loss_on must be one of {', '.join(LOSS_ON)}")
-    _check(t.amp in ("none", "bf16", "fp16"), f"train.amp must be none, bf16 or fp16, got '{t.amp}'")
-    _check(t.threads >= 0 and t.grad_accum >= 1, "train.threads must be >= 0 and train.grad_accum >= 1")
-    _check(re.fullmatch(r"cpu|auto|cuda(:\d+)?", t.device) is not None,
+        check(n * m.n_ctx <= MAX_TOKENS, f"{what} x model.n_ctx is {n * m.n_ctx} tokens, more than {MAX_TOKENS}")
+    check(t.threads <= 1024, f"train.threads must be <= 1024, got {t.threads}")
+    check(t.loss_on in LOSS_ON, f"train.loss_on must be one of {', '.join(LOSS_ON)}")
+    check(t.amp in ("none", "bf16", "fp16"), f"train.amp must be none, bf16 or fp16, got '{t.amp}'")
+    check(t.threads >= 0 and t.grad_accum >= 1, "train.threads must be >= 0 and train.grad_accum >= 1")
+    check(re.fullmatch(r"cpu|auto|cuda(:\d+)?", t.device) is not None,
            f"train.device must be cpu, cuda, cuda:N or auto, got '{t.device}'")
-    _check(0 <= t.seed < 2**62, f"train.seed must be in [0, 2**62), got {t.seed}")
-    _check(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0 = off), got {t.checkpoint_every}")
-    _check(t.checkpoint_minutes >= 0, f"train.checkpoint_minutes must be >= 0 (0 = off), got {t.checkpoint_minutes}")
-    _check(t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}")
-    _check(t.skip_nonfinite >= 0, f"train.skip_nonfinite must be >= 0 (0 = stop at the first), got {t.skip_nonfinite}")
+    check(0 <= t.seed < 2**62, f"train.seed must be in [0, 2**62), got {t.seed}")
+    check(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0 = off), got {t.checkpoint_every}")
+    check(t.checkpoint_minutes >= 0, f"train.checkpoint_minutes must be >= 0 (0 = off), got {t.checkpoint_minutes}")
+    check(t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}")
+    check(t.skip_nonfinite >= 0, f"train.skip_nonfinite must be >= 0 (0 = stop at the first), got {t.skip_nonfinite}")

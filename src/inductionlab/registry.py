@@ -10,7 +10,7 @@ entries themselves live beside their code and register on import:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 
@@ -23,8 +23,8 @@ class TaskSpec:
     builds the task of one run (``tasks/base.py``: training batches, evaluation, analysis, its
     generators' state). ``headline``: the metric of ``summary.json["headline"]``, the progress
     bar and early stopping (``train.target_accuracy``), better when higher iff
-    ``higher_is_better``; ``headline_range`` its natural range. ``head_scores``: the per-head
-    scores (``metrics/heads.py`` keys) its evaluations log. ``prepare(cfg)``: run before the
+    ``higher_is_better``; ``headline_range`` its natural range. (Its per-head scores are every
+    registered score whose probe its evaluation offers: ``metrics/heads.py``.) ``prepare(cfg)``: run before the
     model is built (text: sets ``model.vocab_size`` from the tokenizer); ``fingerprint(cfg)``:
     content hashes a resumed run must match (text: corpus and tokenizer); ``sample(cfg)``:
     ``(title, tokens[pos], labels)`` of the sequence the report draws attention on.
@@ -37,12 +37,10 @@ class TaskSpec:
     higher_is_better: bool = True
     headline_range: tuple[float | None, float | None] = (0.0, 1.0)
     description: str = ""
-    head_scores: tuple[str, ...] = ()
     prepare: Callable[[Any], None] | None = None
     fingerprint: Callable[[Any], dict[str, str]] | None = None
     sample: Callable[[Any], Any] | None = None
     phase_tracking: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def reached(self, value: float, target: float) -> bool:
         """Whether a headline ``value`` has reached ``target`` in this task's direction."""

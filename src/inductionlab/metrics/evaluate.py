@@ -12,10 +12,6 @@ from .heads import Probe, head_record, pattern_head_scores  # noqa: F401 - head_
 from .induction import token_correct, token_losses
 
 
-#: the per-head scores (metrics/heads.py: HEAD_METRICS) a repeated-token evaluation logs
-REPEAT_HEAD_SCORES = ("previous_token", "prefix_matching")
-
-
 @torch.no_grad()
 def evaluate_repeat(model, batches: list[RepeatBatch], bos: bool = True, head_scores: bool = True,
                     score_sequences: int = 32) -> dict[str, Any]:
@@ -23,7 +19,8 @@ def evaluate_repeat(model, batches: list[RepeatBatch], bos: bool = True, head_sc
     ``batches`` (``tokens[batch, pos]``, ``induction_mask[batch, pos-1]``); ``first_period_loss``
     is the mean loss over every other prediction (the first period, whose targets no circuit can
     predict: uniform guessing over the non-BOS tokens gives ln(d_vocab - 1)); per-head scores
-    (``REPEAT_HEAD_SCORES``) use the first ``score_sequences`` sequences."""
+    (every registered score of the ``sequence`` and ``repeat`` probes) use the first
+    ``score_sequences`` sequences."""
     with eval_mode(model):
         return _evaluate(model, batches, bos, head_scores, score_sequences)
 

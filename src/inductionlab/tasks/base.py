@@ -26,7 +26,7 @@ class Task(Protocol):
         with ``train.loss_on = "induction"``, which predictions the loss covers."""
 
     def evaluate(self, model) -> dict[str, Any]:
-        """Held-out metrics (the headline among them) and the per-head scores ``spec.head_scores``."""
+        """Held-out metrics (the headline among them) and the per-head scores of the probes it offers."""
 
     def analyze(self, model) -> dict[str, Any]:
         """The slower measurements run at the log-spaced full evaluations."""

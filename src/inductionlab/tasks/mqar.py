@@ -25,9 +25,6 @@ from ..metrics.suite import weight_metrics
 from ..models.mode import eval_mode
 from ..registry import TaskSpec, register_task
 
-HEAD_SCORES = ("previous_token", "recall")
-
-
 @dataclass
 class MQARConfig(DataConfig):
     kind: str = "mqar"
@@ -182,4 +179,4 @@ def sample(cfg: Config) -> tuple[str, list[int], list[str]]:
 SPEC = register_task(TaskSpec(
     "mqar", MQARConfig, MQARTask, headline="mqar_accuracy", higher_is_better=True,
     description="multi-query associative recall (key-value pairs, then queries of earlier keys)",
-    head_scores=HEAD_SCORES, sample=sample))
+    sample=sample))

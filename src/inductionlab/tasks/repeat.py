@@ -14,7 +14,7 @@ import torch
 
 from ..config import Config, DataConfig, check
 from ..data.synthetic import EVAL_SEED_OFFSET, RepeatedTokens
-from ..metrics.evaluate import REPEAT_HEAD_SCORES, evaluate_repeat
+from ..metrics.evaluate import evaluate_repeat
 from ..metrics.suite import analyze_repeat
 from ..registry import TaskSpec, register_task
 
@@ -76,5 +76,5 @@ class RepeatTask:
 
 SPEC = register_task(TaskSpec(
     "repeat", RepeatConfig, RepeatTask, headline="induction_accuracy", higher_is_better=True,
-    description="repeated random tokens [BOS] + r + r + ...", head_scores=REPEAT_HEAD_SCORES,
+    description="repeated random tokens [BOS] + r + r + ...",
     phase_tracking=True))

@@ -28,9 +28,6 @@ from ..metrics.suite import weight_metrics
 from ..models.mode import eval_mode
 from ..registry import TaskSpec, register_task
 
-HEAD_SCORES = ("previous_token", "prefix_matching")
-
-
 @dataclass
 class TextConfig(DataConfig):
     kind: str = "text"
@@ -192,5 +189,5 @@ class TextTask:
 
 SPEC = register_task(TaskSpec(
     "text", TextConfig, TextTask, headline="val_loss", higher_is_better=False, headline_range=(0.0, None),
-    description="next-token prediction on natural text", head_scores=HEAD_SCORES,
+    description="next-token prediction on natural text",
     prepare=prepare, fingerprint=fingerprint, sample=sample))
